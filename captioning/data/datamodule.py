@@ -1,0 +1,194 @@
+"""The LightningDataModule: records of a split -> (image tensor, captions) -> batches of B images x K captions.
+
+Sources: the built-in shapes dataset (generated on first use), COCO caption files with image folders, or a
+Karpathy split file. Each training batch carries every image once with K of its captions, so that the model
+encodes an image once for all of them. Unreadable images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from captioning.data.coco import ImageRecord, load_coco_captions, load_karpathy_split
+from captioning.data.shapes import annotation_path, ensure_shapes
+from captioning.data.transforms import build_transform, load_image
+from captioning.text.tokenizer import CaptionTokenizer
+
+SPLITS = ("train", "val", "test")
+
+
+class CaptionDataset(Dataset):
+    """Images of one split with their reference captions; an unreadable image yields `image=None`."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform) -> None:
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            image = self.transform(load_image(record.path))
+        except OSError as error:
+            warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
+            image = None
+        return {"image": image, "image_id": record.image_id, "captions": record.captions}
+
+
+class TrainCollate:
+    """Stacks images (B, 3, H, W) and tokenizes K captions of each into tokens (B*K, T), image-major."""
+
+    def __init__(self, tokenizer: CaptionTokenizer, captions_per_image: int, max_length: int) -> None:
+        self.tokenizer, self.captions_per_image, self.max_length = tokenizer, captions_per_image, max_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = _collate_images(items)
+        captions = []
+        for item in items:
+            if item["image"] is not None:
+                captions += _pick(item["captions"], self.captions_per_image)
+        batch["tokens"] = self.tokenizer.encode(captions, self.max_length) if captions else torch.zeros(0, 2).long()
+        return batch
+
+
+def _pick(captions: list[str], k: int) -> list[str]:
+    """K different captions when there are enough; otherwise all of them, repeated in turn."""
+    if len(captions) >= k:
+        return random.sample(captions, k)
+    return [captions[i % len(captions)] for i in range(k)]
+
+
+def _collate_images(items: list[dict]) -> dict:
+    good = [item for item in items if item["image"] is not None]
+    return {
+        "images": torch.stack([item["image"] for item in good]) if good else torch.zeros(0),
+        "image_ids": [item["image_id"] for item in good],
+        "skipped": len(items) - len(good),
+    }
+
+
+class CaptionDataModule(LightningDataModule):
+    """Caption data for training, validation and testing.
+
+    Args:
+        dataset: "shapes" (built-in, generated under `root`), "coco" (`annotations` and `images` per split) or
+            "karpathy" (`karpathy_file` with images under `root`).
+        root: shapes: where the dataset is written; karpathy: the folder that holds the images.
+        annotations: coco: caption annotation file per split, e.g. {"train": ".../captions_train2017.json"}.
+        images: coco: image folder per split, e.g. {"train": ".../train2017"}.
+        karpathy_file: karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.
+        restval_to_train: karpathy: merge the "restval" images into "train".
+        encoder: timm model name whose data config sets the preprocessing (linked from the model).
+        image_size: square input size in pixels, None for the encoder's default (linked from the model).
+        max_length: caption length limit in tokens, end token included (linked to the model).
+        augment: random crops for training images.
+        captions_per_image: K captions drawn per image in each training batch.
+        min_word_frequency: words seen fewer times in the training captions become the unknown token.
+        batch_size: images per training batch (each with K captions).
+        eval_batch_size: images per validation and test batch.
+        num_workers: data loading processes.
+        shapes_image_size: shapes: side of the generated images in pixels.
+        shapes_split_sizes: shapes: number of images per split.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["shapes", "coco", "karpathy"] = "shapes",
+        root: str = "data/shapes",
+        annotations: dict[str, str] | None = None,
+        images: dict[str, str] | None = None,
+        karpathy_file: str | None = None,
+        restval_to_train: bool = True,
+        encoder: str = "test_convnext",
+        image_size: int | None = None,
+        max_length: int = 24,
+        augment: bool = False,
+        captions_per_image: int = 5,
+        min_word_frequency: int = 5,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 2,
+        shapes_image_size: int = 128,
+        shapes_split_sizes: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer: CaptionTokenizer | None = None
+        self.datasets: dict[str, CaptionDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.hparams.dataset == "shapes":
+            ensure_shapes(self.hparams.root, self.hparams.shapes_image_size, self.hparams.shapes_split_sizes)
+
+    def load_records(self, split: str) -> list[ImageRecord]:
+        """The images and captions of a split, as configured."""
+        hp = self.hparams
+        if hp.dataset == "shapes":
+            return load_coco_captions(annotation_path(hp.root, split), Path(hp.root) / split)
+        if hp.dataset == "karpathy":
+            if not hp.karpathy_file:
+                raise ValueError("data.karpathy_file is required when data.dataset is 'karpathy'")
+            return load_karpathy_split(hp.karpathy_file, hp.root, split, hp.restval_to_train)
+        for field in ("annotations", "images"):
+            if split not in (getattr(hp, field) or {}):
+                raise ValueError(f"data.{field}.{split} is required when data.dataset is 'coco'")
+        return load_coco_captions(hp.annotations[split], hp.images[split])
+
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        for split in needed:
+            if split not in self.datasets:
+                transform = build_transform(
+                    self.hparams.encoder, self.hparams.image_size, train=split == "train", augment=self.hparams.augment
+                )
+                self.datasets[split] = CaptionDataset(self.load_records(split), transform)
+        if stage == "fit" and self.tokenizer is None:
+            captions = (c for record in self.datasets["train"].records for c in record.captions)
+            self.tokenizer = CaptionTokenizer.train(captions, self.hparams.min_word_frequency)
+
+    def references(self, split: str) -> dict:
+        """Reference captions by image id."""
+        return {record.image_id: record.captions for record in self.datasets[split].records}
+
+    def scenes(self, split: str) -> dict | None:
+        """Ground-truth scenes by image id (shapes only), else None."""
+        records = self.datasets[split].records
+        return {r.image_id: r.scene for r in records} if records and records[0].scene is not None else None
+
+    def train_dataloader(self) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("the datamodule has no tokenizer: setup('fit') trains one from the training captions")
+        collate = TrainCollate(self.tokenizer, self.hparams.captions_per_image, self.hparams.max_length)
+        return self._loader("train", self.hparams.batch_size, collate, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size, _collate_images)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size, _collate_images)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def _loader(self, split: str, batch_size: int, collate, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -1,0 +1,169 @@
+"""The built-in "shapes" dataset: seeded synthetic scenes with five captions each, in COCO captions format.
+
+One to three coloured shapes per image; captions name colour, kind, size, position and spatial relations
+("a small red circle above a blue square"), so they cannot be guessed without looking. Each image record keeps
+its scene, so `grounded_accuracy` can check a caption against the truth. A cousin of the synthetic
+"ShapeWorld" captioning data (Kuhnle & Copestake, 2017), small enough to train on a laptop CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+           "purple": (150, 60, 190)}  # fmt: skip
+KINDS = ("circle", "square", "triangle", "diamond")
+SIZES = {"small": 0.11, "large": 0.2}  # half-width as a share of the image side
+SPLIT_SIZES = {"train": 4000, "val": 200, "test": 200}
+GENERATOR_VERSION = 1
+
+
+def annotation_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "annotations" / f"captions_{split}.json"
+
+
+def ensure_shapes(root: str | Path, image_size: int = 128, split_sizes: dict[str, int] | None = None, seed: int = 0):
+    """Writes the dataset under `root` unless the same one is already there.
+
+    Layout: `root/{train,val,test}/*.png` and `root/annotations/captions_{split}.json`. Each split is written to
+    a temporary folder and renamed into place, so an interrupted run never leaves a half-written split.
+    """
+    root = Path(root)
+    split_sizes = split_sizes or SPLIT_SIZES
+    for index, (split, count) in enumerate(split_sizes.items()):
+        settings = {"version": GENERATOR_VERSION, "image_size": image_size, "count": count, "seed": seed + index}
+        annotations = annotation_path(root, split)
+        if annotations.exists() and json.loads(annotations.read_text()).get("info", {}).get("generator") == settings:
+            continue
+        _write_split(root, split, settings)
+
+
+def _write_split(root: Path, split: str, settings: dict) -> None:
+    rng = random.Random(settings["seed"])
+    staging = root / f".{split}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / split).mkdir(parents=True)
+    images, annotations = [], []
+    for image_id in range(1, settings["count"] + 1):
+        size = settings["image_size"]
+        scene = random_scene(rng, size)
+        file_name = f"{image_id:06d}.png"
+        draw_scene(scene, settings["image_size"]).save(staging / split / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size, "scene": scene})
+        for caption in describe(scene, rng, size):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+    info = {"description": "captioning built-in shapes dataset", "generator": settings}
+    (staging / "captions.json").write_text(json.dumps({"info": info, "images": images, "annotations": annotations}))
+    shutil.rmtree(root / split, ignore_errors=True)
+    os.replace(staging / split, root / split)
+    annotation_path(root, split).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / "captions.json", annotation_path(root, split))  # written last: marks the split complete
+    shutil.rmtree(staging)
+
+
+def random_scene(rng: random.Random, image_size: int) -> list[dict]:
+    """One to three shapes that do not overlap, each with kind, colour, size, centre and bounding box (x, y, w, h)."""
+    while True:
+        scene = []
+        for _ in range(rng.randint(1, 3)):
+            size = rng.choice(list(SIZES))
+            half = SIZES[size] * image_size
+            for _attempt in range(50):
+                x, y = rng.uniform(half + 2, image_size - half - 2), rng.uniform(half + 2, image_size - half - 2)
+                if all(abs(x - s["x"]) > half + s["half"] + 2 or abs(y - s["y"]) > half + s["half"] + 2 for s in scene):
+                    break
+            else:
+                break
+            scene.append({"kind": rng.choice(KINDS), "colour": rng.choice(list(COLOURS)), "size": size,
+                          "x": round(x, 1), "y": round(y, 1), "half": round(half, 1),
+                          "bbox": [round(x - half, 1), round(y - half, 1), round(2 * half, 1), round(2 * half, 1)]})  # fmt: skip
+        else:
+            return scene
+
+
+def draw_scene(scene: list[dict], image_size: int) -> Image.Image:
+    image = Image.new("RGB", (image_size, image_size), (235, 235, 235))
+    draw = ImageDraw.Draw(image)
+    for shape in scene:
+        x, y, h, fill = shape["x"], shape["y"], shape["half"], COLOURS[shape["colour"]]
+        if shape["kind"] == "circle":
+            draw.ellipse([x - h, y - h, x + h, y + h], fill=fill)
+        elif shape["kind"] == "square":
+            draw.rectangle([x - h, y - h, x + h, y + h], fill=fill)
+        elif shape["kind"] == "triangle":
+            draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
+        else:
+            draw.polygon([(x, y - h), (x + h, y), (x, y + h), (x - h, y)], fill=fill)
+    return image
+
+
+def _phrase(shape: dict, with_size: bool) -> str:
+    return f"a {shape['size']} {shape['colour']} {shape['kind']}" if with_size else f"a {shape['colour']} {shape['kind']}"
+
+
+def _relation(a: dict, b: dict) -> str:
+    """Where `a` is relative to `b`, along the axis on which they are further apart."""
+    dx, dy = a["x"] - b["x"], a["y"] - b["y"]
+    if abs(dy) > abs(dx):
+        return "above" if dy < 0 else "below"
+    return "to the left of" if dx < 0 else "to the right of"
+
+
+def _place(shape: dict, image_size: int) -> str:
+    column = ("left", "middle", "right")[min(2, int(3 * shape["x"] / image_size))]
+    row = ("top", "middle", "bottom")[min(2, int(3 * shape["y"] / image_size))]
+    return "centre" if row == column == "middle" else f"{row} {column}"
+
+
+def describe(scene: list[dict], rng: random.Random, image_size: int) -> list[str]:
+    """Five different captions of a scene, each from its own template, naming the shapes in a random order."""
+    captions = []
+    templates = list(range(5))
+    rng.shuffle(templates)
+    for template in templates:
+        shapes = rng.sample(scene, len(scene))
+        phrases = [_phrase(s, with_size=template % 2 == 0) for s in shapes]
+        if len(shapes) == 1:
+            options = [phrases[0], f"there is {phrases[0]}", f"{phrases[0]} on a grey background",
+                       f"a picture of {phrases[0]}", f"{phrases[0]} in the {_place(shapes[0], image_size)}"]  # fmt: skip
+        elif len(shapes) == 2:
+            a, b = phrases
+            options = [f"{a} {_relation(*shapes)} {b}", f"{a} and {b}", f"two shapes {a} and {b}",
+                       f"there is {a} {_relation(*shapes)} {b}", f"{a} next to {b}"]  # fmt: skip
+        else:
+            a, b, c = phrases
+            options = [f"{a} {b} and {c}", f"three shapes {a} {b} and {c}", f"{a} {_relation(*shapes[:2])} {b} and {c}",
+                       f"there are {a} {b} and {c}", f"{a} with {b} and {c}"]  # fmt: skip
+        captions.append(options[template])
+    return captions
+
+
+def named_shapes(caption: str) -> Counter:
+    """The (colour, kind) pairs that a caption names: each kind word with the colour word before it."""
+    pairs, colour = Counter(), None
+    for word in caption.lower().split():
+        if word in COLOURS:
+            colour = word
+        elif word in KINDS:
+            pairs[(colour, word)] += 1
+            colour = None
+    return pairs
+
+
+def caption_matches_scene(caption: str, scene: list[dict]) -> bool:
+    """True when the caption names the colour and kind of every shape in the scene, and no other shape."""
+    return named_shapes(caption) == Counter((s["colour"], s["kind"]) for s in scene)
+
+
+def grounded_accuracy(captions: dict, scenes: dict) -> float:
+    """Share of images whose caption names the colour and kind of every shape in their scene correctly."""
+    if not captions:
+        return 0.0
+    return sum(caption_matches_scene(captions[i], scenes[i]) for i in captions) / len(captions)

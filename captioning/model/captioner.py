@@ -1,0 +1,77 @@
+"""The captioning model: ImageEncoder -> projection -> memory; TextDecoder cross-attends to the memory.
+
+Each image is encoded once; its K captions (or beams) share its memory through the cross-attention, which
+stacks their queries per image instead of copying the memory (see `Attention`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from torch import Tensor, nn
+
+from captioning.model.decoder import TextDecoder
+from captioning.model.encoder import ImageEncoder
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a CaptioningModel; stored in every checkpoint."""
+
+    vocab_size: int
+    encoder: str = "test_convnext"
+    pretrained: bool = False
+    freeze_encoder: bool = False
+    image_size: int | None = None
+    dim: int = 256
+    depth: int = 3
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_length: int = 24
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+class CaptioningModel(nn.Module):
+    """Image encoder, projection to the decoder width, and the text decoder."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoder(config.encoder, config.pretrained, config.freeze_encoder, config.image_size)
+        self.projection = nn.Sequential(nn.Linear(self.encoder.feature_dim, config.dim), nn.LayerNorm(config.dim))
+        self.decoder = TextDecoder(
+            config.vocab_size,
+            dim=config.dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            max_length=config.max_length,
+            dropout=config.dropout,
+        )
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> memory (B, M, D)."""
+        return self.projection(self.encoder(images))
+
+    def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits.
+
+        Args:
+            images: (B, 3, H, W).
+            tokens: (B*K, T), the K captions of each image in consecutive rows.
+
+        Returns:
+            Logits (B*K, T, V).
+        """
+        return self.decoder(tokens, self.encode(images))

@@ -1,0 +1,135 @@
+"""The Transformer text decoder: pre-norm blocks of causal self-attention, cross-attention to the image, and an MLP.
+
+A GPT-style decoder (Radford et al., 2019) with the cross-attention of the original Transformer decoder
+(Vaswani et al., 2017); learned positions and an LM head tied to the token embedding (Press & Wolf, 2017).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from captioning.model.attention import Attention, KVCache
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention over the caption, cross-attention to the image memory, then an MLP; all pre-norm."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, num_heads, dropout=dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, caches: tuple[KVCache, KVCache] | None = None) -> Tensor:
+        self_cache, cross_cache = caches if caches is not None else (None, None)
+        x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=self_cache))  # text -> earlier text
+        x = x + self.drop(self.cross_attn(self.norm2(x), context=memory, cache=cross_cache))  # text -> image memory
+        x = x + self.mlp(self.norm3(x))
+        return x
+
+    def forward_with_attention(self, x: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As forward, also returning the self-attention (B, nh, T, T) and cross-attention (B, nh, T, M) weights."""
+        h, self_weights = self.self_attn(self.norm1(x), is_causal=True, need_weights=True)
+        x = x + h
+        h, cross_weights = self.cross_attn(self.norm2(x), context=memory, need_weights=True)
+        x = x + h
+        x = x + self.mlp(self.norm3(x))
+        return x, self_weights, cross_weights
+
+
+class TextDecoder(nn.Module):
+    """Token and position embeddings, `depth` decoder blocks, a final norm and the tied LM head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        depth: int = 3,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        max_length: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.max_length = max_length
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_length, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.token_embed.weight  # tied: one matrix reads and writes words
+        self.apply(_init_weights)
+
+    def new_caches(self) -> list[tuple[KVCache, KVCache]]:
+        """Empty (self-attention, cross-attention) caches, one pair per block, for step-by-step decoding."""
+        return [(KVCache(), KVCache()) for _ in self.blocks]
+
+    def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+        T = tokens.size(1)
+        if start + T > self.max_length:
+            raise ValueError(f"caption of {start + T} tokens exceeds max_length {self.max_length}")
+        positions = torch.arange(start, start + T, device=tokens.device)
+        return self.drop(self.token_embed(tokens) + self.pos_embed(positions))  # (B*G, T, D)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        caches: list[tuple[KVCache, KVCache]] | None = None,
+        start: int = 0,
+    ) -> Tensor:
+        """Next-token logits.
+
+        Args:
+            tokens: (B*G, T) token ids, G captions or beams per image.
+            memory: (B, M, D) image memory.
+            caches: from `new_caches`, for incremental decoding; `start` is then the position of tokens[:, 0].
+            start: position of the first token.
+
+        Returns:
+            Logits (B*G, T, V).
+        """
+        x = self.embed(tokens, start)
+        for i, block in enumerate(self.blocks):
+            x = block(x, memory, caches[i] if caches is not None else None)
+        return self.head(self.norm(x))
+
+    def forward_with_attention(self, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits (B*G, T, V) with the self-attention (L, B*G, nh, T, T) and cross-attention (L, B*G, nh, T, M)."""
+        x = self.embed(tokens)
+        self_maps, cross_maps = [], []
+        for block in self.blocks:
+            x, self_weights, cross_weights = block.forward_with_attention(x, memory)
+            self_maps.append(self_weights)
+            cross_maps.append(cross_weights)
+        return self.head(self.norm(x)), torch.stack(self_maps), torch.stack(cross_maps)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

@@ -1,0 +1,93 @@
+"""The image encoder: any timm model's trunk, its output turned into a sequence of memory tokens.
+
+Transformers return token sequences (B, N, C); CNNs return feature maps (B, C, H, W), flattened to (B, H*W, C).
+Built with `timm.create_model(name, pretrained=..., num_classes=0)` (Wightman, "PyTorch Image Models").
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from torch import Tensor, nn
+
+
+class ImageEncoder(nn.Module):
+    """A timm trunk that maps images (B, 3, H, W) to tokens (B, M, C_enc).
+
+    Attributes:
+        feature_dim: C_enc, the width of each token.
+        grid_size: (H', W'), the patch or feature-map grid that the spatial tokens cover.
+        num_prefix_tokens: leading tokens that are not on the grid (class and register tokens of a ViT).
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, freeze: bool = False, image_size: int | None = None):
+        super().__init__()
+        self.trunk = create_trunk(name, pretrained, image_size)
+        self.freeze = freeze
+        if freeze:
+            self.trunk.requires_grad_(False)
+        self.output_fmt = getattr(self.trunk, "output_fmt", "NCHW")  # e.g. Swin returns NHWC maps
+        size = image_size or self.trunk.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        self._probe_output(size)
+
+    @torch.no_grad()
+    def _probe_output(self, size: int) -> None:
+        was_training = self.trunk.training
+        self.trunk.eval()
+        features = self.trunk.forward_features(torch.zeros(1, 3, size, size))
+        self.trunk.train(was_training)
+        if features.ndim == 4:
+            if self.output_fmt == "NHWC":
+                features = features.permute(0, 3, 1, 2)
+            self.feature_dim, self.grid_size, self.num_prefix_tokens = features.size(1), tuple(features.shape[2:]), 0
+            return
+        num_tokens, self.feature_dim = features.shape[1:]
+        patch_embed = getattr(self.trunk, "patch_embed", None)
+        grid = getattr(patch_embed, "grid_size", None) or getattr(patch_embed, "dynamic_feat_size", lambda s: None)(
+            (size, size)
+        )
+        if grid is None:  # fall back to a square grid after any prefix tokens
+            side = int((num_tokens - getattr(self.trunk, "num_prefix_tokens", 0)) ** 0.5)
+            grid = (side, side)
+        self.grid_size = tuple(grid)
+        self.num_prefix_tokens = num_tokens - self.grid_size[0] * self.grid_size[1]
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        if self.freeze:  # a frozen trunk keeps its normalisation statistics
+            self.trunk.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Encodes images (B, 3, H, W) to tokens (B, M, C_enc)."""
+        features = self.trunk.forward_features(images)
+        if features.ndim == 4:
+            if self.output_fmt == "NHWC":
+                return features.flatten(1, 2)  # (B, H, W, C) -> (B, H*W, C)
+            return features.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        return features  # (B, N, C) tokens
+
+
+def create_trunk(name: str, pretrained: bool, image_size: int | None) -> nn.Module:
+    """timm.create_model with the classifier removed and clear errors for unknown names and missing weights."""
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ValueError(f"unknown timm model name '{name}'{hint}")
+    kwargs = {"img_size": image_size} if image_size else {}
+    try:
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        except TypeError:  # CNNs take any input size and have no img_size argument
+            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as error:
+        if not pretrained:
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"could not load the pretrained weights of timm model '{name}' ({reason}); they are downloaded from "
+            "the Hugging Face Hub on first use: connect once, point HF_HOME at a cache that has them, "
+            "or set pretrained: false"
+        ) from error

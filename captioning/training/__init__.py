@@ -1,0 +1,1 @@
+"""Training with Lightning: the LightningModule (cross-entropy) and its plugins and callbacks."""

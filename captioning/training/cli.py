@@ -1,0 +1,61 @@
+"""LightningCLI for captioning: links the values that the model and the data must share, sets the defaults.
+
+Defaults: checkpoints on the best validation CIDEr-D (and the last one, for resuming) written atomically, a CSV
+logger (TensorBoard beside it when installed), and a test of the best checkpoint after `fit`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from captioning.data.datamodule import CaptionDataModule
+from captioning.training.checkpoint_io import AtomicCheckpointIO
+from captioning.training.module import CaptioningModule
+
+
+class CaptioningCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            CaptioningModule,
+            CaptionDataModule,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+                "plugins": [AtomicCheckpointIO()],
+            },
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Given once, in the model's section, and read by the data's transforms and tokenization.
+        parser.link_arguments("model.encoder", "data.encoder")
+        parser.link_arguments("model.image_size", "data.image_size")
+        parser.link_arguments("model.max_length", "data.max_length")
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/CIDEr",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+            }
+        )
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        loggers = trainer.loggers
+        if len(loggers) == 1 and isinstance(loggers[0], CSVLogger):
+            if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+                csv = loggers[0]  # same folder: one run, one directory
+                trainer.loggers = [csv, TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version)]
+        return trainer
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)

@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny model config, a tiny shapes dataset, and a tiny checkpoint trained once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a missing pretrained weight must fail at once, not retry for a minute
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+COCO_MINI = SHARED_DATA / "coco-val2017-mini"
+
+TINY_MODEL = {"encoder": "test_convnext", "image_size": 64, "dim": 32, "depth": 2, "num_heads": 2, "max_length": 20}
+TINY_SPLITS = {"train": 96, "val": 16, "test": 16}
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `captioning ARGS` as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    return subprocess.run(
+        [sys.executable, "-m", "captioning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_fit_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for a few real training steps of the tiny model on a tiny shapes set."""
+    model = [f"--model.{key}={value}" for key, value in TINY_MODEL.items()]
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "shapes.yaml"),
+        *model,
+        f"--data.root={data_root}",
+        f"--data.shapes_split_sizes={TINY_SPLITS}".replace("'", '"'),
+        "--data.shapes_image_size=64",
+        "--data.batch_size=16",
+        "--data.num_workers=0",
+        "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=2",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        *extra,
+    ]
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    from captioning.data.shapes import ensure_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    ensure_shapes(root, image_size=64, split_sizes=TINY_SPLITS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_root) -> Path:
+    """A run folder of the tiny model, fitted for two epochs through the CLI (and tested after fit)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_cli(*tiny_fit_args(shapes_root, run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = (run_dir / "shapes").iterdir()
+    return version
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained_run) -> Path:
+    return trained_run / "checkpoints" / "last.ckpt"

@@ -1,0 +1,106 @@
+"""Behaviour of the plain-torch model: causality, use of the image, shared memory, cached decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.model import Attention, CaptioningModel, ImageEncoder, ModelConfig
+from captioning.model.generation import greedy_decode
+from tests.conftest import TINY_MODEL
+
+V = 30
+
+
+@pytest.fixture()
+def model() -> CaptioningModel:
+    torch.manual_seed(0)
+    return CaptioningModel(ModelConfig(vocab_size=V, dropout=0.0, **TINY_MODEL)).eval()
+
+
+def test_future_tokens_never_change_earlier_logits(model):
+    images = torch.randn(2, 3, 64, 64)
+    tokens = torch.randint(4, V, (2, 10))
+    changed = tokens.clone()
+    changed[:, 6:] = torch.randint(4, V, (2, 4))
+    with torch.no_grad():
+        a, b = model(images, tokens), model(images, changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_a_different_memory_changes_the_logits(model):
+    tokens = torch.randint(4, V, (1, 8))
+    with torch.no_grad():
+        a = model(torch.randn(1, 3, 64, 64), tokens)
+        b = model(torch.randn(1, 3, 64, 64), tokens)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_captions_sharing_one_image_equal_captions_with_copied_memory(model):
+    """K captions per image read one memory; the result equals giving each caption its own copy."""
+    B, K = 3, 4
+    images = torch.randn(B, 3, 64, 64)
+    tokens = torch.randint(4, V, (B * K, 9))
+    with torch.no_grad():
+        memory = model.encode(images)  # (B, M, D)
+        shared = model.decoder(tokens, memory)
+        copied = model.decoder(tokens, memory.repeat_interleave(K, dim=0))  # (B*K, M, D)
+    torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_weights_path_equals_fused_kernel():
+    torch.manual_seed(0)
+    attention = Attention(dim=16, num_heads=2).eval()
+    x, memory = torch.randn(6, 5, 16), torch.randn(2, 7, 16)
+    for context, causal in ((None, True), (memory, False)):
+        fused = attention(x, context, is_causal=causal)
+        explicit, weights = attention(x, context, is_causal=causal, need_weights=True)
+        torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+def test_cached_greedy_decoding_equals_recomputing_every_step(model):
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        memory = model.encode(images)
+        cached = greedy_decode(model.decoder, memory, bos_id=1, eos_id=2, pad_id=0, max_length=12)
+        tokens = torch.ones(3, 1, dtype=torch.long)
+        log_probs = torch.zeros(3)
+        for _ in range(cached.tokens.size(1)):  # from scratch: the whole prefix at every step
+            step = model.decoder(tokens, memory)[:, -1].log_softmax(-1)
+            token = step.argmax(-1)
+            log_probs += step.gather(1, token[:, None]).squeeze(1)
+            tokens = torch.cat([tokens, token[:, None]], dim=1)
+    # No caption ends early with random weights unless it emits EOS; compare the prefix up to each EOS.
+    for row in range(3):
+        length = int(cached.lengths[row])
+        assert cached.tokens[row, :length].tolist() == tokens[row, 1 : length + 1].tolist()
+    if bool((cached.lengths == cached.tokens.size(1)).all()):
+        torch.testing.assert_close(cached.log_probs, log_probs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "grid", "prefix"), [("test_convnext", (2, 2), 0), ("test_vit", (4, 4), 1), ("test_resnet", (2, 2), 0)]
+)
+def test_encoder_turns_transformers_and_cnns_into_tokens(name, grid, prefix):
+    encoder = ImageEncoder(name, image_size=64)
+    tokens = encoder(torch.randn(2, 3, 64, 64))
+    assert encoder.grid_size == grid and encoder.num_prefix_tokens == prefix
+    assert tokens.shape == (2, prefix + grid[0] * grid[1], encoder.feature_dim)
+
+
+def test_frozen_encoder_has_no_trainable_weights_and_stays_in_eval():
+    encoder = ImageEncoder("test_convnext", freeze=True, image_size=64).train()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not encoder.trunk.training
+
+
+def test_unknown_timm_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown timm model name 'resnet_5O'.*did you mean"):
+        ImageEncoder("resnet_5O")
+
+
+def test_missing_pretrained_weights_say_how_to_fix_it():
+    with pytest.raises(RuntimeError, match="pretrained weights of timm model 'test_vit'.*pretrained: false"):
+        ImageEncoder("test_vit", pretrained=True)
