@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 from collections.abc import Sequence
 
 USAGE_EXTRA = """
@@ -17,31 +18,31 @@ other subcommands:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if args is None else args)
-    command = args[0] if args else None
+    argv = list(sys.argv[1:] if args is None else args)
+    command = argv[0] if argv else None
     try:
         if command == "caption":
             from captioning.caption import main as caption_main
 
-            return caption_main(args[1:])
+            return caption_main(argv[1:])
         if command == "evaluate":
             from captioning.metrics.evaluate import main as evaluate_main
 
-            return evaluate_main(args[1:])
-        return run_lightning(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+            return evaluate_main(argv[1:])
+        return run_lightning(argv, pass_args=args is not None)
+    except (FileNotFoundError, ValueError, RuntimeError, ArgumentError) as error:
         if os.environ.get("CAPTIONING_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
 
 
-def run_lightning(args: list[str]) -> int:
+def run_lightning(argv: list[str], pass_args: bool) -> int:
     from captioning.training.cli import CaptioningCLI
 
-    if not args or args[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help"):
         print(USAGE_EXTRA.strip("\n"), file=sys.stderr)
-    CaptioningCLI(args=args)
+    CaptioningCLI(args=argv if pass_args else None)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

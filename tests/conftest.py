@@ -33,11 +33,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
     )
 
 
-def tiny_fit_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    """CLI arguments for a few real training steps of the tiny model on a tiny shapes set."""
+def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """CLI arguments for `command` (fit: a few real training steps) with the tiny model on a tiny shapes set."""
     model = [f"--model.{key}={value}" for key, value in TINY_MODEL.items()]
     return [
-        "fit",
+        command,
         "--config",
         str(ROOT / "configs" / "shapes.yaml"),
         *model,
@@ -72,7 +72,7 @@ def shapes_root(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, shapes_root) -> Path:
     """A run folder of the tiny model, fitted for two epochs through the CLI (and tested after fit)."""
     run_dir = tmp_path_factory.mktemp("run")
-    result = run_cli(*tiny_fit_args(shapes_root, run_dir))
+    result = run_cli(*tiny_args("fit", shapes_root, run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     (version,) = (run_dir / "shapes").iterdir()
     return version

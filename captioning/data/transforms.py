@@ -13,16 +13,19 @@ from PIL import Image, ImageOps
 from timm.data import resolve_data_config
 from torchvision import transforms as T
 
+from captioning.model.encoder import check_model_name
+
 Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit, stated: larger images are refused
 
 
 def data_config(encoder: str, image_size: int | None = None) -> dict:
     """timm's data config of a model name (no weights needed), with `image_size` overriding its input size."""
+    check_model_name(encoder)
     try:
         pretrained_cfg = timm.models.get_pretrained_cfg(encoder)
     except RuntimeError:  # an unknown weight tag: timm's ImageNet defaults
         pretrained_cfg = None
-    config = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
+    config = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {"num_classes": 0})
     if image_size:
         config["input_size"] = (3, image_size, image_size)
     return config

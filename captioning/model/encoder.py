@@ -70,12 +70,17 @@ class ImageEncoder(nn.Module):
         return features  # (B, N, C) tokens
 
 
-def create_trunk(name: str, pretrained: bool, image_size: int | None) -> nn.Module:
-    """timm.create_model with the classifier removed and clear errors for unknown names and missing weights."""
+def check_model_name(name: str) -> None:
+    """Raises a one-line error, with the closest names, if timm has no model `name` (an optional `.tag` aside)."""
     if not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ValueError(f"unknown timm model name '{name}'{hint}")
+
+
+def create_trunk(name: str, pretrained: bool, image_size: int | None) -> nn.Module:
+    """timm.create_model with the classifier removed and clear errors for unknown names and missing weights."""
+    check_model_name(name)
     kwargs = {"img_size": image_size} if image_size else {}
     try:
         try:

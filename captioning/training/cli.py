@@ -13,7 +13,6 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from captioning.data.datamodule import CaptionDataModule
-from captioning.training.checkpoint_io import AtomicCheckpointIO
 from captioning.training.module import CaptioningModule
 
 
@@ -24,9 +23,10 @@ class CaptioningCLI(LightningCLI):
             CaptionDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # main() prints a one-line error instead of the whole usage
             trainer_defaults={
                 "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-                "plugins": [AtomicCheckpointIO()],
+                "plugins": [{"class_path": "captioning.training.checkpoint_io.AtomicCheckpointIO"}],
             },
         )
 

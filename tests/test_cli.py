@@ -1,0 +1,103 @@
+"""The `captioning` command as a user runs it: subprocesses, real files, real exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.conftest import COCO_MINI, ROOT, TINY_MODEL, require, run_cli, tiny_args
+
+pytestmark = pytest.mark.slow
+
+
+def test_help_lists_the_subcommands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "caption", "evaluate"):
+        assert command in result.stdout + result.stderr
+
+
+def test_fit_writes_checkpoints_predictions_and_metrics(trained_run):
+    assert {"last.ckpt"} <= {p.name for p in (trained_run / "checkpoints").iterdir()}
+    assert any(p.name.startswith("best-") for p in (trained_run / "checkpoints").iterdir())
+    predictions = json.loads((trained_run / "predictions.json").read_text())
+    assert len(predictions) == 16 and set(predictions[0]) == {"image_id", "caption"}
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "grounded_accuracy"} <= set(metrics)
+    rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
+    assert any(row.get("val/CIDEr") for row in rows) and any(row.get("train/loss") for row in rows)
+
+
+def test_checkpoint_is_self_contained_and_loads_without_running_code(checkpoint):
+    entry = torch.load(checkpoint, map_location="cpu", weights_only=True)["captioning"]
+    assert entry["model_config"]["dim"] == TINY_MODEL["dim"] and "[BOS]" in entry["tokenizer"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, shapes_root, checkpoint):
+    resumed = run_cli(*tiny_args("fit", shapes_root, tmp_path, f"--ckpt_path={checkpoint}", "--trainer.max_epochs=3"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    (version,) = (tmp_path / "shapes").iterdir()
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    epochs = {int(row["epoch"]) for row in rows if row.get("epoch")}
+    assert epochs == {2}  # epochs 0 and 1 came from the checkpoint
+    assert torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_fit_on_the_real_coco_mini_set(tmp_path):
+    annotations = require(COCO_MINI / "annotations" / "captions_val2017.json")
+    model = [f"--model.{key}={value}" for key, value in TINY_MODEL.items()]
+    result = run_cli(
+        "fit", "--config", str(ROOT / "configs" / "coco.yaml"), *model, "--model.pretrained=false",
+        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1",
+        "--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.batch_size=8", "--data.eval_batch_size=8",
+        "--data.num_workers=0", "--data.min_word_frequency=2",
+        *(f"--data.annotations.{split}={annotations}" for split in ("train", "val", "test")),
+        *(f"--data.images.{split}={COCO_MINI / 'val2017'}" for split in ("train", "val", "test")),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4841 of the 5000 images" in result.stderr
+    (version,) = (tmp_path / "coco").iterdir()
+    assert len(json.loads((version / "predictions.json").read_text())) == 8
+    assert "grounded_accuracy" not in json.loads((version / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.no_such_key=3"], "no_such_key"),
+        (["--model.encoder=resnet_5O"], "unknown timm model name 'resnet_5O'"),
+        (["--data.dataset=coco", "--data.annotations={train: /no/such.json, val: /no/such.json}",
+          "--data.images={train: /tmp, val: /tmp}"], "annotation file not found: /no/such.json"),  # fmt: skip
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_a_failing_exit(tmp_path, shapes_root, args, message):
+    result = run_cli(*tiny_args("fit", shapes_root, tmp_path, *args))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if message in line]
+    assert errors, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_ddp_fits_and_its_validation_gathers_every_process_to_equal_one_process(tmp_path, shapes_root):
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    fitted = run_cli(*tiny_args("fit", shapes_root, tmp_path / "fit", *ddp, "--trainer.max_epochs=1"))
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "fit").glob("shapes/version_0/checkpoints/last.ckpt")
+
+    def validate(name: str, *extra: str) -> dict:
+        # 16 validation images in batches of 5 over 2 processes: the sampler repeats some, and each process
+        # sees only its shard, so equal metrics show that the captions were gathered and de-duplicated.
+        args = tiny_args("validate", shapes_root, tmp_path / name, f"--ckpt_path={checkpoint}", "--data.eval_batch_size=5")
+        result = run_cli(*args, *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = csv.DictReader(next((tmp_path / name).glob("shapes/version_0/metrics.csv")).open())
+        row = next(r for r in rows if r.get("val/CIDEr"))
+        return {key: float(value) for key, value in row.items() if key.startswith("val/")}
+
+    one, two = validate("one"), validate("two", *ddp)
+    assert one == two and one["val/CIDEr"] >= 0
