@@ -1,0 +1,173 @@
+"""``captioning evaluate``: the coco-caption scores of a COCO results file against COCO caption annotations.
+
+Reads ``--annotations`` (COCO captions format: ``{"annotations": [{"image_id", "caption"}, ...]}``) and
+``--results`` (``[{"image_id", "caption"}, ...]``), scores the results' images as coco-caption does, prints
+a table (or JSON), and writes the scores and per-image scores as JSON on request. Bad input ends with one
+line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from captioning.metrics.scorer import FAMILIES, CaptionScorer, metric_families
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file, the field or the value."""
+
+
+def _load_json(path: Path, what: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{what} file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {what} file {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{what} file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def _entries(data: object, path: Path, what: str) -> list[tuple[object, str]]:
+    """(image_id, caption) of each entry of a list of ``{"image_id", "caption"}`` objects."""
+    if not isinstance(data, list):
+        raise InputError(f"{what} file {path}: expected a list of {{'image_id', 'caption'}} objects")
+    out = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
+            raise InputError(f"{what} file {path}: entry {i} needs 'image_id' and 'caption' fields")
+        image_id, caption = entry["image_id"], entry["caption"]
+        if not isinstance(image_id, int | str) or isinstance(image_id, bool):
+            raise InputError(f"{what} file {path}: entry {i} has an image_id that is not an integer or string")
+        if not isinstance(caption, str):
+            raise InputError(f"{what} file {path}: entry {i} (image {image_id}) has a caption that is not a string")
+        out.append((image_id, caption))
+    return out
+
+
+def load_annotations(path: Path) -> dict[object, list[str]]:
+    """``{image_id: [caption, ...]}`` from a COCO captions file (images without captions are skipped).
+
+    Raises:
+        InputError: the file is missing or malformed.
+    """
+    data = _load_json(path, "annotations")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise InputError(f"annotations file {path}: expected a COCO captions object with an 'annotations' list")
+    references: dict[object, list[str]] = {}
+    for image_id, caption in _entries(data["annotations"], path, "annotations"):
+        references.setdefault(image_id, []).append(caption)
+    if not references:
+        raise InputError(f"annotations file {path} has no captions")
+    return references
+
+
+def load_results(path: Path, references: dict[object, list[str]]) -> dict[object, str]:
+    """``{image_id: caption}`` from a COCO results file, checked against the annotations.
+
+    Raises:
+        InputError: malformed file, an image id absent from the annotations, a duplicate image id, or an
+            empty caption.
+    """
+    predictions: dict[object, str] = {}
+    for image_id, caption in _entries(_load_json(path, "results"), path, "results"):
+        if image_id not in references:
+            raise InputError(f"results file {path}: image id {image_id!r} is not in the annotations")
+        if image_id in predictions:
+            raise InputError(f"results file {path}: image id {image_id!r} has more than one result")
+        if not caption.strip():
+            raise InputError(f"results file {path}: the caption of image {image_id!r} is empty")
+        predictions[image_id] = caption
+    if not predictions:
+        raise InputError(f"results file {path} has no results")
+    return predictions
+
+
+def write_json(path: Path, data: object) -> None:
+    """Writes JSON atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def format_table(scores: dict[str, float], num_images: int) -> str:
+    """A two-column table of the overall scores."""
+    lines = [f"{'metric':<8}  {'score':>8}"]
+    lines += [f"{key:<8}  {value:8.6f}" for key, value in scores.items() if key != "per_image"]
+    lines.append(f"({num_images} images)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioning evaluate",
+        description="Score a COCO results file with the coco-caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE).",
+    )
+    parser.add_argument("--annotations", required=True, type=Path, help="COCO captions JSON (the references)")
+    parser.add_argument("--results", required=True, type=Path, help='results JSON: [{"image_id": ..., "caption": ...}]')
+    parser.add_argument("--out", type=Path, help="write the overall scores to this JSON file")
+    parser.add_argument("--per-image", type=Path, help="write per-image scores to this JSON file")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help=f"metric families (default: all of {' '.join(FAMILIES)})",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``captioning evaluate`` (``argv`` excludes the word "evaluate"); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        families = metric_families(args.metrics)
+        references = load_annotations(args.annotations)
+        predictions = load_results(args.results, references)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    left_out = len(references) - len(predictions)
+    if left_out:
+        print(
+            f"warning: {left_out} of {len(references)} annotated images have no result and are left out; "
+            f"scoring the {len(predictions)} images of the results, as coco-caption does",
+            file=sys.stderr,
+        )
+    subset = {image_id: references[image_id] for image_id in predictions}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = CaptionScorer(subset, families).score(predictions, per_image=args.per_image is not None)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    per_image = scores.pop("per_image", None)
+    try:
+        if args.out is not None:
+            write_json(args.out, scores)
+        if args.per_image is not None:
+            write_json(args.per_image, [{"image_id": i, **s} for i, s in per_image.items()])
+    except OSError as err:
+        print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    print(json.dumps(scores, indent=1) if args.json else format_table(scores, len(predictions)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
