@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import torch
 from torch import Tensor, nn
 
 from captioning.model.decoder import TextDecoder
@@ -50,6 +51,9 @@ class CaptioningModel(nn.Module):
         self.config = config
         self.encoder = ImageEncoder(config.encoder, config.pretrained, config.freeze_encoder, config.image_size)
         self.projection = nn.Sequential(nn.Linear(self.encoder.feature_dim, config.dim), nn.LayerNorm(config.dim))
+        # CNN feature maps carry no position of their own: without this, "left of" and "above" are invisible.
+        self.memory_pos = nn.Parameter(torch.zeros(1, self.encoder.num_tokens, config.dim))
+        nn.init.normal_(self.memory_pos, std=0.02)
         self.decoder = TextDecoder(
             config.vocab_size,
             dim=config.dim,
@@ -62,7 +66,7 @@ class CaptioningModel(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> memory (B, M, D)."""
-        return self.projection(self.encoder(images))
+        return self.projection(self.encoder(images)) + self.memory_pos
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits.

@@ -20,6 +20,7 @@ class ImageEncoder(nn.Module):
         feature_dim: C_enc, the width of each token.
         grid_size: (H', W'), the patch or feature-map grid that the spatial tokens cover.
         num_prefix_tokens: leading tokens that are not on the grid (class and register tokens of a ViT).
+        num_tokens: M, all tokens per image at the configured input size.
     """
 
     def __init__(self, name: str, pretrained: bool = False, freeze: bool = False, image_size: int | None = None):
@@ -42,17 +43,18 @@ class ImageEncoder(nn.Module):
             if self.output_fmt == "NHWC":
                 features = features.permute(0, 3, 1, 2)
             self.feature_dim, self.grid_size, self.num_prefix_tokens = features.size(1), tuple(features.shape[2:]), 0
+            self.num_tokens = self.grid_size[0] * self.grid_size[1]
             return
-        num_tokens, self.feature_dim = features.shape[1:]
+        self.num_tokens, self.feature_dim = features.shape[1:]
         patch_embed = getattr(self.trunk, "patch_embed", None)
         grid = getattr(patch_embed, "grid_size", None) or getattr(patch_embed, "dynamic_feat_size", lambda s: None)(
             (size, size)
         )
         if grid is None:  # fall back to a square grid after any prefix tokens
-            side = int((num_tokens - getattr(self.trunk, "num_prefix_tokens", 0)) ** 0.5)
+            side = int((self.num_tokens - getattr(self.trunk, "num_prefix_tokens", 0)) ** 0.5)
             grid = (side, side)
         self.grid_size = tuple(grid)
-        self.num_prefix_tokens = num_tokens - self.grid_size[0] * self.grid_size[1]
+        self.num_prefix_tokens = self.num_tokens - self.grid_size[0] * self.grid_size[1]
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
