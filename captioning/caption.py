@@ -1,7 +1,9 @@
 """`captioning caption`: caption image files, folders and globs with a trained checkpoint.
 
-Prints one line per image (`path<TAB>caption`, or a JSON object per line); an unreadable image gets a one-line
-error naming the file on stderr while the others are still captioned, and the exit status is then 1.
+Prints one line per image (`path<TAB>caption`, or a JSON object per line) as soon as its batch is done; decodes with
+beam search (Wu et al., 2016) or nucleus sampling (Holtzman et al., 2020). A bad image gets a one-line error naming
+the file on stderr while the others are still captioned, and the exit status is then 1 (2 for a bad command line
+or checkpoint). A progress bar on stderr follows many images when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -10,63 +12,222 @@ import argparse
 import glob
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+EXAMPLES = """examples:
+  captioning caption --checkpoint last.ckpt photo.jpg holiday/ "scans/**/*.png"
+  captioning caption --checkpoint last.ckpt --beam-size 5 --format jsonl holiday/ > captions.jsonl
+  captioning caption --checkpoint last.ckpt --sample --top-p 0.9 --seed 0 photo.jpg
+"""
+PROGRESS_MIN_IMAGES = 32  # "many images": below this a bar only flickers
+
+
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a `kind` number in [low, high] (or (low, high] with low_open), with a clear message."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a{'n integer' if kind is int else ' number'}, got '{text}'"
+            ) from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"{text} is not in {bounds}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioning caption", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="captioning caption",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders or glob patterns")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint written by `captioning fit`")
-    parser.add_argument("--max-length", type=int, default=None, help="at most this many tokens per caption")
-    parser.add_argument("--batch-size", type=int, default=16, help="images captioned together")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if present)")
-    parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="output lines")
+    parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint written by `captioning fit`")
+    search = parser.add_argument_group("beam search (the default)")
+    search.add_argument(
+        "--beam-size", metavar="K", type=_number(int, 1), default=None, help="beams per image (default: 3); 1 is greedy"
+    )
+    search.add_argument(
+        "--length-penalty",
+        metavar="ALPHA",
+        type=float,
+        default=1.0,
+        help="alpha in log P / length^alpha (default: 1.0, the mean per token)",
+    )
+    search.add_argument(
+        "--no-repeat-ngram-size",
+        metavar="N",
+        type=_number(int, 0),
+        default=0,
+        help="forbid repeating n-grams of this size (default: 0, allowed)",
+    )
+    search.add_argument(
+        "--max-length",
+        metavar="N",
+        type=_number(int, 1),
+        default=None,
+        help="at most this many tokens (default: the model's)",
+    )
+    search.add_argument(
+        "--min-length", metavar="N", type=_number(int, 0), default=1, help="at least this many words (default: 1)"
+    )
+    sampling = parser.add_argument_group("sampling (--sample)")
+    sampling.add_argument("--sample", action="store_true", help="draw captions (nucleus sampling) instead of search")
+    sampling.add_argument(
+        "--temperature",
+        metavar="T",
+        type=_number(float, 0, low_open=True),
+        default=1.0,
+        help="< 1 sharper, > 1 flatter (default: 1.0)",
+    )
+    sampling.add_argument(
+        "--top-k", metavar="K", type=_number(int, 0), default=0, help="the k most probable words only (0: all)"
+    )
+    sampling.add_argument(
+        "--top-p",
+        metavar="P",
+        type=_number(float, 0, 1, low_open=True),
+        default=1.0,
+        help="nucleus: the smallest set of words with this mass (default: 1.0, all)",
+    )
+    sampling.add_argument("--seed", metavar="SEED", type=int, default=None, help="makes sampling reproducible")
+    run = parser.add_argument_group("running")
+    run.add_argument(
+        "--batch-size", metavar="N", type=_number(int, 1), default=16, help="images captioned together (default: 16)"
+    )
+    run.add_argument(
+        "--device", metavar="DEVICE", default=None, help="torch device, e.g. cpu or cuda (default: cuda if present)"
+    )
+    run.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="path<TAB>caption (default), or JSON lines with image, caption, score",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bar on stderr (default: on a terminal, for {PROGRESS_MIN_IMAGES} images or more)",
+    )
     return parser
 
 
-def expand(inputs: list[str]) -> Iterator[Path]:
-    """Files as given; folders as their image files, sorted; glob patterns as their matches."""
+def expand(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given; folders as their image files, sorted; glob patterns as their matches.
+
+    Returns:
+        The paths, and an error line for each folder or pattern that holds no image.
+    """
+    paths, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                errors.append(f"error: {path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif not path.exists() and glob.has_magic(item):
-            yield from (Path(p) for p in sorted(glob.glob(item, recursive=True)))
+            found = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            if not found:
+                errors.append(f"error: {item}: no file matches this pattern")
         else:
-            yield path
+            found = [path]  # a missing file is reported when it is read, in its place in the order
+        paths += found
+    return paths, errors
+
+
+class _Output:
+    """Result lines to stdout and error lines to stderr, written around the progress bar when there is one."""
+
+    def __init__(self, total: int, show: bool | None, format: str) -> None:
+        from tqdm import tqdm
+
+        if show is None:
+            show = total >= PROGRESS_MIN_IMAGES and sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True, disable=not show)
+        self.format = format
+        self.failures = self.captioned = 0
+
+    def _write(self, line: str, file: TextIO) -> None:
+        if self.bar.disable:
+            print(line, file=file, flush=True)
+        else:
+            self.bar.write(line, file=file)
+
+    def caption(self, path: Path, caption) -> None:
+        if self.format == "jsonl":
+            line = json.dumps({"image": str(path), "caption": caption.text, "score": round(caption.score, 4)})
+        else:
+            line = f"{path}\t{caption.text}"
+        self._write(line, sys.stdout)
+        self.captioned += 1
+        self.bar.update()
+
+    def error(self, message: str, counts_image: bool = True) -> None:
+        self.failures += 1
+        self._write(" ".join(message.split()), sys.stderr)  # one line, whatever the message holds
+        if counts_image:
+            self.bar.update()
 
 
 def main(args: list[str] | None = None) -> int:
-    options = build_parser().parse_args(args)
-    from captioning.data.transforms import load_image
-    from captioning.inference import Captioner
+    parser = build_parser()
+    options = parser.parse_args(args)
+    if options.sample and options.beam_size not in (None, 1):
+        parser.error("--sample draws one caption per image; leave out --beam-size")
+    from captioning.inference import Captioner, open_image
 
+    paths, input_errors = expand(options.images)
     try:
         captioner = Captioner.from_checkpoint(options.checkpoint, device=options.device)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = list(expand(options.images))
-    if not paths:
-        print("error: no images found in " + " ".join(options.images), file=sys.stderr)
-        return 2
-    failures = 0
+    settings = dict(
+        beam_size=options.beam_size or 3,
+        max_length=options.max_length,
+        min_length=options.min_length,
+        length_penalty=options.length_penalty,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+        sample=options.sample,
+        temperature=options.temperature,
+        top_k=options.top_k,
+        top_p=options.top_p,
+        seed=options.seed,
+        batch_size=options.batch_size,
+    )
+    output = _Output(len(paths), options.progress, options.format)
+    for message in input_errors:
+        output.error(message, counts_image=False)
     for start in range(0, len(paths), options.batch_size):
         batch = []
         for path in paths[start : start + options.batch_size]:
             try:
-                batch.append((path, load_image(path)))
+                batch.append((path, open_image(path)))
             except OSError as error:
-                failures += 1
-                print(f"error: {error}", file=sys.stderr)
-        captions = captioner.caption([image for _, image in batch], max_length=options.max_length) if batch else []
-        for (path, _), caption in zip(batch, captions):
-            if options.format == "jsonl":
-                print(json.dumps({"image": str(path), "caption": caption.text, "score": round(caption.score, 4)}))
-            else:
-                print(f"{path}\t{caption.text}")
-        sys.stdout.flush()
-    return 1 if failures else 0
+                output.error(f"error: {error}")
+        try:
+            captions = captioner.caption([image for _, image in batch], **settings) if batch else []
+        except Exception:  # one image the model cannot take must not cost the batch: caption them one by one
+            captions = []
+            for path, image in batch:
+                try:
+                    captions += captioner.caption(image, **settings)
+                except Exception as error:  # noqa: BLE001 - reported per file, the run goes on
+                    captions.append(None)
+                    output.error(f"error: {path}: cannot caption image ({type(error).__name__}: {error})")
+        for (path, _), caption in zip(batch, captions, strict=True):
+            if caption is not None:
+                output.caption(path, caption)
+    output.bar.close()
+    if output.failures:
+        print(f"captioned {output.captioned} of {len(paths)} images; {output.failures} error(s) above", file=sys.stderr)
+    return 1 if output.failures else 0

@@ -1,98 +1,232 @@
 """Captioning from Python: `Captioner.from_checkpoint(path).caption(images)`.
 
-Takes paths, PIL images or image tensors, preprocesses them as in training (the checkpoint names the encoder),
-encodes each image once and decodes greedily with the KV-cached decoder.
+Takes paths, PIL images, arrays and image tensors, preprocesses them as in training (the checkpoint names the
+encoder), encodes each image once and decodes with the KV-cached decoder: beam search with a length penalty
+(Wu et al., 2016) by default, or nucleus sampling (Holtzman et al., 2020). On request each caption carries its
+cross-attention maps, mapped back to the encoder's patch or feature-map grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision import transforms as T
 
 from captioning.checkpoint import load_checkpoint
-from captioning.data.transforms import build_transform, load_image, to_rgb
+from captioning.data.transforms import build_transform, data_config, load_image, to_rgb
 from captioning.model.captioner import CaptioningModel
-from captioning.model.generation import greedy_decode
+from captioning.model.generation import Generated, beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
 
-ImageInput = str | Path | Image.Image | Tensor
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 
 @dataclass
 class Caption:
-    """A generated caption: its text, token ids, and length-normalised log-probability."""
+    """A generated caption.
+
+    Attributes:
+        text: the caption.
+        tokens: its word ids, without start and end tokens.
+        score: its length-normalised log-probability, log P(words + end token) / (number of words + 1): the mean
+            log-probability per generated token, end token included (what beam search ranks by when
+            length_penalty is 1.0). A caption cut at max_length has no end token and divides by max_length.
+        words: the word of each token, as the tokenizer spells it (labels for attention maps).
+        cross_attention: with return_attention, (L, nh, T, H, W) float tensor: for each layer, head and word,
+            the attention weights on the memory tokens of the encoder's grid (H, W). These are the raw softmax
+            weights, not renormalised: with `prefix_attention` they sum to 1 over the whole memory.
+        prefix_attention: with return_attention, (L, nh, T, P) the weights on the P memory tokens that are off the
+            grid (class and register tokens of a ViT; P = 0 for CNN trunks).
+    """
 
     text: str
     tokens: list[int]
     score: float
+    words: list[str] = field(default_factory=list)
+    cross_attention: Tensor | None = field(default=None, repr=False, compare=False)
+    prefix_attention: Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def attention_map(self) -> Tensor | None:
+        """(T, H, W) the cross-attention on the grid averaged over layers and heads, one map per word."""
+        return None if self.cross_attention is None else self.cross_attention.mean(dim=(0, 1))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Opens an image file as upright RGB; raises OSError naming the file if it is unreadable or too large.
+
+    Pillow only warns between its decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) and twice that; here an
+    image over the limit is refused outright.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return load_image(path)
+    except Image.DecompressionBombWarning as error:
+        raise OSError(f"{path}: cannot read image ({error})") from None
 
 
 class Captioner:
     """A trained captioning model with its tokenizer and preprocessing, ready to caption images."""
 
     def __init__(self, model: CaptioningModel, tokenizer: CaptionTokenizer, device: str | torch.device = "cpu"):
-        self.model = model.eval().to(device)
-        self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.tokenizer = tokenizer
         self.transform = build_transform(model.config.encoder, model.config.image_size)
+        config = data_config(model.config.encoder, model.config.image_size)
+        interpolation = T.InterpolationMode(config.get("interpolation", "bicubic"))
+        self.tensor_transform = T.Compose(
+            [T.Resize(config["input_size"][-2:], interpolation=interpolation, antialias=True),
+             T.Normalize(config["mean"], config["std"])]
+        )  # fmt: skip
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Captioner:
-        """Loads a checkpoint written by training (weights only: no code in it is run)."""
+        """Loads a checkpoint written by training (weights only: no code in it is run).
+
+        Args:
+            path: the checkpoint file.
+            device: e.g. "cpu" or "cuda" (default: cuda when available).
+        """
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as error:
+            raise ValueError(f"unknown device '{device}' ({error})") from None
         config, tokenizer, state = load_checkpoint(path)
         config.pretrained = False  # the checkpoint holds the trained weights
         model = CaptioningModel(config)
         model.load_state_dict(state)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, tokenizer, device)
 
     def preprocess(self, image: ImageInput) -> Tensor:
-        """A path, PIL image or tensor -> (3, S, S) model input. Tensors (3, H, W) in [0, 1] are resized."""
+        """One image -> (3, S, S) model input.
+
+        Args:
+            image: a path; a PIL image of any mode; an (H, W) or (H, W, C) uint8 array; or a (3, H, W), (1, H, W)
+                or (H, W) tensor, float in [0, 1] or uint8 in [0, 255] (not normalised: that is done here).
+        """
         if isinstance(image, (str, Path)):
-            image = load_image(image)
+            image = open_image(image)
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
         if isinstance(image, Image.Image):
             return self.transform(to_rgb(image))
+        if isinstance(image, Tensor) and image.ndim == 2:  # (H, W) grayscale
+            image = image[None]  # (1, H, W)
         if isinstance(image, Tensor) and image.ndim == 3 and image.size(0) in (1, 3):
-            from torchvision.transforms.functional import to_pil_image
-
-            return self.transform(to_pil_image(image.float().clamp(0, 1).expand(3, -1, -1)))
-        raise TypeError(f"cannot caption a {type(image).__name__}: give a path, a PIL image or a (3, H, W) tensor")
+            image = image.detach().cpu()  # batches are stacked on the CPU, whatever each image came on
+            if image.dtype == torch.uint8:
+                image = image.float() / 255
+            elif not image.is_floating_point() or image.min() < 0 or image.max() > 1 or not image.isfinite().all():
+                raise ValueError("image tensors must be float in [0, 1] or uint8 in [0, 255]")
+            return self.tensor_transform(image.float().expand(3, -1, -1))  # (1 or 3, H, W) -> (3, S, S)
+        shape = f" of shape {tuple(image.shape)}" if isinstance(image, Tensor) else ""
+        raise TypeError(
+            f"cannot caption a {type(image).__name__}{shape}: give a path, a PIL image, an array, "
+            "or a (3, H, W) or (B, 3, H, W) tensor"
+        )
 
     @torch.no_grad()
     def caption(
-        self, images: ImageInput | Iterable[ImageInput], max_length: int | None = None, batch_size: int = 32
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        beam_size: int = 3,
+        max_length: int | None = None,
+        *,
+        min_length: int = 1,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        suppress_unk: bool = True,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int = 32,
+        return_attention: bool = False,
     ) -> list[Caption]:
-        """Captions images (greedy decoding).
+        """Captions images with beam search (default) or sampling.
 
         Args:
-            images: one image or several: paths, PIL images or (3, H, W) tensors in [0, 1].
-            max_length: at most this many tokens per caption (default: the model's limit).
-            batch_size: images encoded and decoded together.
+            images: one image or several: paths, PIL images, arrays, (3, H, W) tensors or a (B, 3, H, W) tensor.
+            beam_size: beams per image; 1 is greedy decoding. Ignored when sampling.
+            max_length: at most this many tokens per caption, end token included (default: the model's limit).
+            min_length: at least this many words before the end token.
+            length_penalty: alpha in log P / length^alpha, the ranking of finished beams.
+            no_repeat_ngram_size: forbid repeating any n-gram of this size (0: allowed).
+            suppress_unk: never generate the unknown-word token.
+            sample: draw each caption from the model instead of searching (nucleus sampling).
+            temperature, top_k, top_p: the sampling distribution (see `sample_decode`).
+            seed: seeds the sampling, which is then reproducible for the same images and batch_size.
+            batch_size: images encoded and decoded together; results do not depend on it, except when sampling.
+            return_attention: also fill `cross_attention` and `prefix_attention` of each Caption.
 
         Returns:
-            One Caption per image, in order.
+            One Caption per image, in order (a list, also for one image).
         """
-        if isinstance(images, (str, Path, Image.Image, Tensor)):
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)) or (isinstance(images, Tensor) and images.ndim < 4):
             images = [images]
-        images = list(images)
+        images = [one for item in images for one in (item.unbind(0) if _is_batch(item) else [item])]
+        tok = self.tokenizer
+        suppress = [tok.pad_id, tok.bos_id] + ([tok.unk_id] if suppress_unk else [])
+        rules = dict(min_length=min_length, suppress_tokens=suppress, no_repeat_ngram_size=no_repeat_ngram_size)
+        generator = None
+        if sample and seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         results = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self.preprocess(image) for image in images[start : start + batch_size]])
-            results += self._caption_batch(batch.to(self.device), max_length)
+            memory = self.model.encode(batch.to(self.device))  # (B, M, D)
+            ids = (tok.bos_id, tok.eos_id, tok.pad_id, max_length)
+            if sample:
+                sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                generated = sample_decode(self.model.decoder, memory, *ids, **sampling, **rules)
+            elif beam_size == 1:
+                generated = greedy_decode(self.model.decoder, memory, *ids, **rules)
+            else:
+                beams = dict(beam_size=beam_size, length_penalty=length_penalty)
+                generated = beam_search(self.model.decoder, memory, *ids, **beams, **rules)
+            captions = self._to_captions(generated)
+            if return_attention:
+                self._add_attention(memory, captions)
+            results += captions
         return results
 
-    def _caption_batch(self, batch: Tensor, max_length: int | None) -> Sequence[Caption]:
-        memory = self.model.encode(batch)  # (B, M, D)
-        tok = self.tokenizer
-        generated = greedy_decode(self.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id, max_length)
-        captions = []
-        for row, score in zip(generated.tokens.tolist(), generated.scores.tolist()):
+    def _to_captions(self, generated: Generated) -> list[Caption]:
+        tok, captions = self.tokenizer, []
+        for row, score in zip(generated.tokens.tolist(), generated.scores.tolist(), strict=True):
             ids = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
             ids = [i for i in ids if i != tok.pad_id]
-            captions.append(Caption(tok.decode(ids), ids, score))
+            words = [tok.tokenizer.id_to_token(i) for i in ids]
+            captions.append(Caption(tok.decode(ids), ids, score, words))
         return captions
+
+    def _add_attention(self, memory: Tensor, captions: list[Caption]) -> None:
+        """Re-reads each chosen caption with explicit attention weights and maps them onto the encoder's grid."""
+        B, M = memory.size(0), memory.size(1)
+        (H, W), P = self.model.encoder.grid_size, self.model.encoder.num_prefix_tokens
+        if P + H * W != M:
+            raise RuntimeError(f"memory of {M} tokens does not match the encoder's grid {H}x{W} + {P} prefix tokens")
+        width = max(1, max(len(c.tokens) for c in captions))
+        # Word i is predicted at position i from the start token and words before it: [BOS] w1 .. w_{T-1}.
+        inputs = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long, device=memory.device)  # (B, T)
+        inputs[:, 0] = self.tokenizer.bos_id
+        for b, caption in enumerate(captions):
+            inputs[b, 1 : len(caption.tokens)] = torch.tensor(caption.tokens[:-1], dtype=torch.long)
+        _, _, cross = self.model.decoder.forward_with_attention(inputs, memory)  # (L, B, nh, T, M)
+        for b, caption in enumerate(captions):
+            weights = cross[:, b, :, : len(caption.tokens)].float().cpu()  # (L, nh, T, M)
+            caption.prefix_attention = weights[..., :P]  # (L, nh, T, P)
+            caption.cross_attention = weights[..., P:].unflatten(-1, (H, W))  # (L, nh, T, H*W) -> (L, nh, T, H, W)
+
+
+def _is_batch(item: object) -> bool:
+    return isinstance(item, Tensor) and item.ndim == 4

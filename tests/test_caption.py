@@ -1,0 +1,138 @@
+"""`captioning caption` as a user runs it: a subprocess on folders of real photos, odd images and broken files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioning.caption import main
+from tests.conftest import COCO_MINI, ROOT, require
+from tests.test_inference import _broken_images, _odd_images, train_tiny_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")
+
+
+@pytest.fixture(scope="module")
+def shapes_images(checkpoint) -> Path:
+    return checkpoint.parent / "shapes" / "test"
+
+
+def caption(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `captioning caption ARGS` in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "captioning", "caption", *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_a_folder_of_real_photos_with_odd_and_broken_files(checkpoint, tmp_path):
+    photos = require(COCO_MINI / "val2017")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "broken").mkdir()
+    odd, broken = _odd_images(tmp_path / "odd"), _broken_images(tmp_path / "broken")
+    (tmp_path / "odd" / "notes.txt").write_text("not an image, and not named like one: left out of a folder\n")
+    result = caption("--checkpoint", str(checkpoint), str(photos), str(tmp_path / "odd"), *map(str, broken.values()))
+    assert result.returncode == 1, result.stderr[-2000:]
+
+    lines = result.stdout.splitlines()
+    expected = sorted(photos.glob("*.jpg")) + sorted(odd.values())
+    assert len(lines) == len(expected) == 159 + len(odd)
+    assert [line.split("\t")[0] for line in lines] == [str(path) for path in expected]
+    assert all(line.split("\t")[1].strip() for line in lines)
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(broken)
+    for path, error in zip(broken.values(), errors, strict=True):
+        assert error.startswith(f"error: {path}: cannot read image (")
+    assert "decompression bomb" in errors[list(broken).index("bomb.png")]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_jsonl_beam_and_sampling_options(checkpoint, shapes_images):
+    images = sorted(shapes_images.glob("*.png"))[:6]
+    result = caption("--checkpoint", str(checkpoint), "--format", "jsonl", "--beam-size", "5", *map(str, images))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in records] == [str(p) for p in images]
+    assert all(r["caption"] and -20 < r["score"] <= 0 for r in records)
+
+    pattern = str(shapes_images / "00000[1-6].png")  # a glob, as a shell would pass it when quoted
+    options = ["--sample", "--temperature", "1.3", "--top-p", "0.9", "--seed", "7", "--batch-size", "4"]
+    first = caption("--checkpoint", str(checkpoint), *options, pattern)
+    second = caption("--checkpoint", str(checkpoint), *options, pattern)
+    assert first.returncode == 0 and first.stdout == second.stdout
+    assert len(first.stdout.splitlines()) == 6
+
+
+def test_progress_bar_keeps_result_and_error_lines_whole(checkpoint, shapes_images, tmp_path, capsys):
+    missing = tmp_path / "missing.png"
+    code = main(["--checkpoint", str(checkpoint), "--progress", "--batch-size", "8", str(shapes_images), str(missing)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert len(out.splitlines()) == 32 and all("\t" in line for line in out.splitlines())
+    assert f"error: {missing}: cannot read image" in err
+    assert "32/33" in err and "image" in err  # the bar, on stderr
+    assert "captioned 32 of 33 images; 1 error(s) above" in err
+
+
+def test_folders_and_patterns_without_images_are_errors(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--checkpoint", str(checkpoint), str(tmp_path / "empty"), str(tmp_path / "*.jpg")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'empty'}: no image files in this folder" in err
+    assert f"error: {tmp_path / '*.jpg'}: no file matches this pattern" in err
+
+
+def test_bad_checkpoints_and_options_get_one_line_errors(checkpoint, shapes_images, tmp_path, capsys):
+    image = str(next(shapes_images.glob("*.png")))
+    assert main(["--checkpoint", str(tmp_path / "nope.ckpt"), image]) == 2
+    assert "error: checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "bad.ckpt").write_text("garbage")
+    assert main(["--checkpoint", str(tmp_path / "bad.ckpt"), image]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--device", "gpu0", image]) == 2
+    assert "unknown device 'gpu0'" in capsys.readouterr().err
+    for bad, message in [
+        (["--beam-size", "0"], "--beam-size: 0 is not in [1, inf]"),
+        (["--top-p", "1.5"], "--top-p: 1.5 is not in (0, 1]"),
+        (["--temperature", "hot"], "--temperature: expected a number, got 'hot'"),
+        (["--sample", "--beam-size", "3"], "--sample draws one caption per image"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--checkpoint", str(checkpoint), *bad, image])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_lists_the_decoding_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--beam-size", "--max-length", "--sample", "--temperature", "--top-k", "--top-p", "--batch-size"):
+        assert option in out
+    assert "--device" in out and "text|jsonl" not in out and "{text,jsonl}" in out
