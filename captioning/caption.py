@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   captioning caption --checkpoint last.ckpt photo.jpg holiday/ "scans/**/*.png"
   captioning caption --checkpoint last.ckpt --beam-size 5 --format jsonl holiday/ > captions.jsonl
   captioning caption --checkpoint last.ckpt --sample --top-p 0.9 --seed 0 photo.jpg
+  captioning caption --checkpoint last.ckpt --attention-dir maps/ photo.jpg   # maps/photo.png and maps/photo.gif
 """
 PROGRESS_MIN_IMAGES = 32  # "many images": below this a bar only flickers
 
@@ -118,7 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"progress bar on stderr (default: on a terminal, for {PROGRESS_MIN_IMAGES} images or more)",
     )
+    run.add_argument(
+        "--attention-dir",
+        metavar="DIR",
+        default=None,
+        help="also write, per image, DIR/NAME.png (each word's cross-attention over the image) and DIR/NAME.gif "
+        "(the caption word by word); NAME is the image's file name without its suffix",
+    )
     return parser
+
+
+def attention_names(paths: list[Path]) -> list[str]:
+    """A distinct file name (no suffix) per image for --attention-dir: its stem, numbered where stems repeat."""
+    names, seen = [], set()
+    for path in paths:
+        name, number = path.stem, 1
+        while name in seen:
+            number += 1
+            name = f"{path.stem}-{number}"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def expand(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -183,7 +204,8 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
     if options.sample and options.beam_size not in (None, 1):
         parser.error("--sample draws one caption per image; leave out --beam-size")
-    from captioning.inference import Captioner, open_image
+    from captioning.data.transforms import load_image
+    from captioning.inference import Captioner
 
     paths, input_errors = expand(options.images)
     try:
@@ -191,6 +213,15 @@ def main(args: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    attention_dir = Path(options.attention_dir) if options.attention_dir is not None else None
+    if attention_dir is not None:
+        try:
+            attention_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: --attention-dir {attention_dir}: cannot create the folder ({error})", file=sys.stderr)
+            return 2
+        from captioning.viz import save_attention
+    names = attention_names(paths)
     settings = dict(
         beam_size=options.beam_size or 3,
         max_length=options.max_length,
@@ -203,30 +234,37 @@ def main(args: list[str] | None = None) -> int:
         top_p=options.top_p,
         seed=options.seed,
         batch_size=options.batch_size,
+        return_attention=attention_dir is not None,
     )
     output = _Output(len(paths), options.progress, options.format)
     for message in input_errors:
         output.error(message, counts_image=False)
     for start in range(0, len(paths), options.batch_size):
-        batch = []
-        for path in paths[start : start + options.batch_size]:
+        batch, stop = [], start + options.batch_size
+        for path, name in zip(paths[start:stop], names[start:stop], strict=True):
             try:
-                batch.append((path, open_image(path)))
+                batch.append((path, load_image(path), name))
             except OSError as error:
                 output.error(f"error: {error}")
         try:
-            captions = captioner.caption([image for _, image in batch], **settings) if batch else []
+            captions = captioner.caption([image for _, image, _ in batch], **settings) if batch else []
         except Exception:  # one image the model cannot take must not cost the batch: caption them one by one
             captions = []
-            for path, image in batch:
+            for path, image, _ in batch:
                 try:
                     captions += captioner.caption(image, **settings)
                 except Exception as error:  # noqa: BLE001 - reported per file, the run goes on
                     captions.append(None)
                     output.error(f"error: {path}: cannot caption image ({type(error).__name__}: {error})")
-        for (path, _), caption in zip(batch, captions, strict=True):
-            if caption is not None:
-                output.caption(path, caption)
+        for (path, image, name), caption in zip(batch, captions, strict=True):
+            if caption is None:
+                continue
+            output.caption(path, caption)
+            if attention_dir is not None:
+                try:
+                    save_attention(image, caption, attention_dir, name)
+                except (OSError, ValueError) as error:
+                    output.error(f"error: {path}: cannot write its attention maps ({error})", counts_image=False)
     output.bar.close()
     if output.failures:
         print(f"captioned {output.captioned} of {len(paths)} images; {output.failures} error(s) above", file=sys.stderr)

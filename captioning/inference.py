@@ -8,7 +8,6 @@ cross-attention maps, mapped back to the encoder's patch or feature-map grid.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,20 +58,6 @@ class Caption:
         return None if self.cross_attention is None else self.cross_attention.mean(dim=(0, 1))
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Opens an image file as upright RGB; raises OSError naming the file if it is unreadable or too large.
-
-    Pillow only warns between its decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) and twice that; here an
-    image over the limit is refused outright.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return load_image(path)
-    except Image.DecompressionBombWarning as error:
-        raise OSError(f"{path}: cannot read image ({error})") from None
-
-
 class Captioner:
     """A trained captioning model with its tokenizer and preprocessing, ready to caption images."""
 
@@ -114,7 +99,7 @@ class Captioner:
                 or (H, W) tensor, float in [0, 1] or uint8 in [0, 255] (not normalised: that is done here).
         """
         if isinstance(image, (str, Path)):
-            image = open_image(image)
+            image = load_image(image)
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         if isinstance(image, Image.Image):

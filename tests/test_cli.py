@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -36,10 +37,15 @@ def test_checkpoint_is_self_contained_and_loads_without_running_code(checkpoint)
     assert entry["model_config"]["dim"] == TINY_MODEL["dim"] and "[BOS]" in entry["tokenizer"]
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, shapes_root, checkpoint):
-    resumed = run_cli(*tiny_args("fit", shapes_root, tmp_path, f"--ckpt_path={checkpoint}", "--trainer.max_epochs=3"))
+def test_killed_run_resumes_from_its_last_checkpoint_and_skips_unreadable_images(tmp_path, shapes_root, checkpoint):
+    data = tmp_path / "shapes-data"
+    shutil.copytree(shapes_root, data)
+    (data / "train" / "000007.png").write_bytes(b"not a png")
+    resumed = run_cli(*tiny_args("fit", data, tmp_path, f"--ckpt_path={checkpoint}", "--trainer.max_epochs=3"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert "000007.png: cannot read image" in resumed.stderr
+    assert "skipped 1 unreadable training images this epoch" in resumed.stderr
     (version,) = (tmp_path / "shapes").iterdir()
     rows = list(csv.DictReader((version / "metrics.csv").open()))
     epochs = {int(row["epoch"]) for row in rows if row.get("epoch")}
@@ -71,8 +77,14 @@ def test_fit_on_the_real_coco_mini_set(tmp_path):
     [
         (["--model.no_such_key=3"], "no_such_key"),
         (["--model.encoder=resnet_5O"], "unknown timm model name 'resnet_5O'"),
-        (["--data.dataset=coco", "--data.annotations={train: /no/such.json, val: /no/such.json}",
-          "--data.images={train: /tmp, val: /tmp}"], "annotation file not found: /no/such.json"),  # fmt: skip
+        (
+            [
+                "--data.dataset=coco",
+                "--data.annotations={train: /no/such.json, val: /no/such.json}",
+                "--data.images={train: /tmp, val: /tmp}",
+            ],
+            "annotation file not found: /no/such.json",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_a_one_line_error_and_a_failing_exit(tmp_path, shapes_root, args, message):
@@ -92,8 +104,8 @@ def test_ddp_fits_and_its_validation_gathers_every_process_to_equal_one_process(
     def validate(name: str, *extra: str) -> dict:
         # 16 validation images in batches of 5 over 2 processes: the sampler repeats some, and each process
         # sees only its shard, so equal metrics show that the captions were gathered and de-duplicated.
-        args = tiny_args("validate", shapes_root, tmp_path / name, f"--ckpt_path={checkpoint}", "--data.eval_batch_size=5")
-        result = run_cli(*args, *extra)
+        args = tiny_args("validate", shapes_root, tmp_path / name, f"--ckpt_path={checkpoint}", *extra)
+        result = run_cli(*args, "--data.eval_batch_size=5")
         assert result.returncode == 0, result.stderr[-3000:]
         rows = csv.DictReader(next((tmp_path / name).glob("shapes/version_0/metrics.csv")).open())
         row = next(r for r in rows if r.get("val/CIDEr"))

@@ -57,7 +57,7 @@ def train_tiny_checkpoint(folder: Path, steps: int = 600) -> Path:
         for _ in range(steps):
             index = torch.randint(len(records), (32,), generator=generator)  # (B,)
             batch = tokens[(index[:, None] * K + torch.arange(K)).flatten()]  # (B*K, T): K captions per image
-            logits = model.decoder(batch[:, :-1], model.projection(features[index]))  # (B*K, T-1, V)
+            logits = model.decoder(batch[:, :-1], model.project(features[index]))  # (B*K, T-1, V)
             loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), ignore_index=tokenizer.pad_id)
             optimizer.zero_grad()
             loss.backward()

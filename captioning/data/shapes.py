@@ -81,9 +81,11 @@ def random_scene(rng: random.Random, image_size: int) -> list[dict]:
                     break
             else:
                 break
-            scene.append({"kind": rng.choice(KINDS), "colour": rng.choice(list(COLOURS)), "size": size,
-                          "x": round(x, 1), "y": round(y, 1), "half": round(half, 1),
-                          "bbox": [round(x - half, 1), round(y - half, 1), round(2 * half, 1), round(2 * half, 1)]})  # fmt: skip
+            box = [round(x - half, 1), round(y - half, 1), round(2 * half, 1), round(2 * half, 1)]
+            scene.append(
+                {"kind": rng.choice(KINDS), "colour": rng.choice(list(COLOURS)), "size": size,
+                 "x": round(x, 1), "y": round(y, 1), "half": round(half, 1), "bbox": box}
+            )  # fmt: skip
         else:
             return scene
 
@@ -105,7 +107,8 @@ def draw_scene(scene: list[dict], image_size: int) -> Image.Image:
 
 
 def _phrase(shape: dict, with_size: bool) -> str:
-    return f"a {shape['size']} {shape['colour']} {shape['kind']}" if with_size else f"a {shape['colour']} {shape['kind']}"
+    size = f"{shape['size']} " if with_size else ""
+    return f"a {size}{shape['colour']} {shape['kind']}"
 
 
 def _relation(a: dict, b: dict) -> str:
@@ -131,8 +134,9 @@ def describe(scene: list[dict], rng: random.Random, image_size: int) -> list[str
         shapes = rng.sample(scene, len(scene))
         phrases = [_phrase(s, with_size=template % 2 == 0) for s in shapes]
         if len(shapes) == 1:
-            options = [phrases[0], f"there is {phrases[0]}", f"{phrases[0]} on a grey background",
-                       f"a picture of {phrases[0]}", f"{phrases[0]} in the {_place(shapes[0], image_size)}"]  # fmt: skip
+            (a,) = phrases
+            options = [a, f"there is {a}", f"{a} on a grey background", f"a picture of {a}",
+                       f"{a} in the {_place(shapes[0], image_size)}"]  # fmt: skip
         elif len(shapes) == 2:
             a, b = phrases
             options = [f"{a} {_relation(*shapes)} {b}", f"{a} and {b}", f"two shapes {a} and {b}",

@@ -6,6 +6,7 @@ attention maps then cover the whole image, whatever its aspect ratio. Training c
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import timm
@@ -44,12 +45,15 @@ def build_transform(encoder: str, image_size: int | None = None, train: bool = F
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image as RGB, upright by its EXIF orientation; raises OSError naming the file if it cannot."""
+    """Opens an image as upright RGB; raises OSError naming the file if it is unreadable or too large."""
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that; an image over the limit is refused outright.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise OSError(f"{path}: cannot read image ({error})") from None
 
 

@@ -66,7 +66,11 @@ class CaptioningModel(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> memory (B, M, D)."""
-        return self.projection(self.encoder(images)) + self.memory_pos
+        return self.project(self.encoder(images))
+
+    def project(self, features: Tensor) -> Tensor:
+        """Encoder tokens (B, M, C_enc) -> memory (B, M, D); apart from `encode` so cached features can skip it."""
+        return self.projection(features) + self.memory_pos
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits.

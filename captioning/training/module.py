@@ -131,9 +131,11 @@ class CaptioningModule(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self.skipped_images:
-            rank_zero_warn(f"skipped {self.skipped_images} unreadable training images this epoch (named above)")
-        self.log("train/skipped_images", float(self.skipped_images), sync_dist=True, reduce_fx="sum")
+        count = torch.tensor(float(self.skipped_images), device=self.device)
+        skipped = int(self.trainer.strategy.reduce(count, reduce_op="sum"))  # all processes together
+        if skipped:
+            rank_zero_warn(f"skipped {skipped} unreadable training images this epoch (named above)")
+        self.log("train/skipped_images", float(skipped))
         self.skipped_images = 0
 
     # ---------------------------------------------------------------------------------- validation and test
@@ -145,7 +147,7 @@ class CaptioningModule(LightningModule):
         memory = self.model.encode(batch["images"])  # (B, M, D)
         tok = self.tokenizer
         generated = greedy_decode(self.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id)
-        return dict(zip(batch["image_ids"], tok.decode_batch(generated.tokens)))
+        return dict(zip(batch["image_ids"], tok.decode_batch(generated.tokens), strict=True))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._captions.update(self.caption_batch(batch))
