@@ -1,15 +1,15 @@
-"""Cross-attention made visible: where the decoder looks in the image as it writes each word.
+"""Cross-attention made visible: each word's attention on the encoder's grid, laid over the image as a heat map.
 
-Each generated word's cross-attention weights over the encoder's grid (H', W') are resized to the image's own height
-and width and laid over it as a heat map: in a grid figure, one panel per word, and in a GIF that steps through the
-caption word by word (the figures of Xu et al., 2015, "Show, Attend and Tell"). Preprocessing resizes the whole image
-to the model's square input without cropping, so the grid covers the full picture whatever its aspect ratio.
-Figures are drawn on matplotlib's Agg canvas without pyplot, so nothing needs a display and a notebook keeps its own
-backend; the GIF is written with Pillow.
+A grid figure with one panel per word, and a GIF that steps through the caption word by word (as the figures of Xu
+et al., 2015, "Show, Attend and Tell"). The whole image is resized to the model's square input without cropping, so
+a map resized to the image's own height and width lies where it belongs, whatever the aspect ratio. Drawn on
+matplotlib's Agg canvas without pyplot (no display needed; a notebook keeps its backend); the GIF by Pillow.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from torch import Tensor
 from captioning.data.transforms import load_image
 from captioning.inference import Caption
 
-ImageLike = str | Path | Image.Image | np.ndarray
+ImageLike = str | Path | Image.Image | np.ndarray | Tensor
 CMAP = "jet"
 
 
@@ -98,10 +98,16 @@ def share_in_box(attention: np.ndarray, box: Sequence[float]) -> tuple[float, fl
 
 
 def _as_image(image: ImageLike) -> Image.Image:
+    """A path, PIL image, uint8 array, or (3, H, W), (1, H, W) or (H, W) tensor (uint8, or float in [0, 1]) as RGB."""
     if isinstance(image, (str, Path)):
         return load_image(image)
+    if isinstance(image, Tensor):
+        pixels = image.detach().cpu()
+        pixels = pixels if pixels.dtype == torch.uint8 else (pixels.float().clamp(0, 1) * 255).round().byte()
+        pixels = pixels[None] if pixels.ndim == 2 else pixels  # (1 or 3, H, W)
+        image = pixels.expand(3, -1, -1).permute(1, 2, 0).numpy()  # (H, W, 3)
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB")
+        image = Image.fromarray(image)
     return image.convert("RGB")
 
 
@@ -137,7 +143,8 @@ def overlay(
 
 def _uniform_units(caption: Caption, layer: int | None, head: int | None, size: tuple[int, int]) -> np.ndarray:
     """(T, height, width) maps on the image, as multiples of an even spread: 1 everywhere for a word that looks
-    everywhere alike, 10 where a word looks ten times harder than that."""
+    everywhere alike, 10 where it looks ten times harder. Attention on tokens off the grid (a ViT's class token)
+    is left out: each map shows how a word shares out the attention that it gives to the picture's grid."""
     if not caption.words:
         return np.zeros((0, *size), dtype=np.float32)
     return resize_maps(word_maps(caption, layer, head), size) * (size[0] * size[1])
@@ -266,16 +273,14 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int =
     One palette, taken from all frames together, keeps the image's colours steady from frame to frame and still
     holds every colour of the heat maps.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     width, height = frames[0].size
     every = Image.new("RGB", (width, height * len(frames)))  # all frames stacked: one palette for them all
     for index, frame in enumerate(frames):
         every.paste(frame.convert("RGB"), (0, index * height))
     palette = every.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     quantized = [frame.convert("RGB").quantize(palette=palette) for frame in frames]
-    quantized[0].save(path, save_all=True, append_images=quantized[1:], duration=duration_ms, loop=0)
-    return path
+    options = dict(format="GIF", save_all=True, append_images=quantized[1:], duration=duration_ms, loop=0)
+    return _write_atomic(Path(path), lambda file: quantized[0].save(file, **options))
 
 
 def save_attention(
@@ -293,10 +298,22 @@ def save_attention(
         The paths of the PNG and the GIF.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     picture = _as_image(image)
     figure = attention_figure(picture, caption, layer=layer, head=head)
-    png = folder / f"{name}.png"
-    figure.savefig(png, dpi=100)
+    png = _write_atomic(folder / f"{name}.png", lambda file: figure.savefig(file, format="png", dpi=100))
     gif = save_gif(attention_frames(picture, caption, layer=layer, head=head), folder / f"{name}.gif")
     return png, gif
+
+
+def _write_atomic(path: Path, write) -> Path:
+    """Calls `write(file)` on a temporary file beside `path`, then renames it: no half-written image is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -17,9 +17,9 @@ from captioning.training.module import CaptioningModule
 
 pytestmark = pytest.mark.slow
 
-SPLITS = {"train": 800, "val": 60, "test": 100}
-SIZE = 96
-EPOCHS = 10
+SPLITS = {"train": 1200, "val": 50, "test": 100}
+SIZE = 128
+EPOCHS = 8  # 300 steps
 
 
 def fit_and_test(root: Path) -> dict[str, float]:
@@ -30,8 +30,8 @@ def fit_and_test(root: Path) -> dict[str, float]:
         image_size=SIZE, max_length=20, min_word_frequency=1, batch_size=32, eval_batch_size=100, num_workers=0,
     )  # fmt: skip
     model = CaptioningModule(
-        encoder="test_resnet", image_size=SIZE, dim=64, depth=2, num_heads=4, max_length=20, warmup_steps=30,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01), val_metrics=("CIDEr",),
+        encoder="test_resnet", image_size=SIZE, dim=128, depth=2, num_heads=4, max_length=20, warmup_steps=50,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01), val_metrics=("CIDEr",),
     )  # fmt: skip
     trainer = L.Trainer(
         max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
