@@ -33,12 +33,14 @@ class ImageEncoder(nn.Module):
         size = image_size or self.trunk.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
         self._probe_output(size)
 
-    @torch.no_grad()
     def _probe_output(self, size: int) -> None:
+        """Runs one blank image through the trunk to learn the token layout and the unused weights."""
         was_training = self.trunk.training
         self.trunk.eval()
         features = self.trunk.forward_features(torch.zeros(1, 3, size, size))
         self.trunk.train(was_training)
+        self._freeze_unused(features)
+        features = features.detach()
         if features.ndim == 4:
             if self.output_fmt == "NHWC":
                 features = features.permute(0, 3, 1, 2)
@@ -55,6 +57,17 @@ class ImageEncoder(nn.Module):
             grid = (side, side)
         self.grid_size = tuple(grid)
         self.num_prefix_tokens = self.num_tokens - self.grid_size[0] * self.grid_size[1]
+
+    def _freeze_unused(self, features: Tensor) -> None:
+        """Fixes the weights that forward_features never reaches (e.g. a ConvNeXt's head norm, kept by timm at
+        num_classes=0): DDP requires every trainable weight to receive a gradient."""
+        params = [p for p in self.trunk.parameters() if p.requires_grad]
+        if not params:
+            return
+        grads = torch.autograd.grad(features.float().sum(), params, allow_unused=True)
+        for param, grad in zip(params, grads, strict=True):
+            if grad is None:
+                param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)

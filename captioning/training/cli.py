@@ -38,13 +38,11 @@ class CaptioningCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/CIDEr",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-{epoch}-{step}",
-            }
+            {"checkpoint.monitor": "val/CIDEr", "checkpoint.mode": "max", "checkpoint.filename": "best-{epoch}-{step}"}
         )
+        # last.ckpt after every epoch, whether or not it was the best: a killed run resumes from where it was.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -8,7 +8,6 @@ AdamW with linear warm-up and cosine decay; validation decodes greedily and scor
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata, load_checkpoint, write_json_atomic
+from captioning.checkpoint import checkpoint_metadata, write_json_atomic
 from captioning.data.shapes import grounded_accuracy
 from captioning.metrics import CaptionScorer
 from captioning.model.captioner import CaptioningModel, ModelConfig
@@ -76,29 +75,39 @@ class CaptioningModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
-        """Builds the model: from the checkpoint being loaded, if any, else from the datamodule's tokenizer."""
-        if self.model is not None:
-            return
+        """Builds the model for a new run from the datamodule's tokenizer; a checkpoint's model is built when it
+        is loaded (`on_load_checkpoint`), with the checkpoint's own config and tokenizer."""
         datamodule = self.trainer.datamodule
-        if self.trainer.ckpt_path:
-            config, self.tokenizer, _ = load_checkpoint(self.trainer.ckpt_path)
-        else:
-            if datamodule is None or datamodule.tokenizer is None:
-                raise RuntimeError("no tokenizer to build the model: train with `captioning fit`, or pass --ckpt_path")
-            self.tokenizer = datamodule.tokenizer
+        if self.model is None and datamodule is not None and datamodule.tokenizer is not None:
             hp = self.hparams
             config = ModelConfig(
-                vocab_size=self.tokenizer.vocab_size,
-                **{k: hp[k] for k in ("encoder", "pretrained", "image_size", "dim", "depth", "num_heads")},
-                **{k: hp[k] for k in ("mlp_ratio", "max_length", "dropout")},
-                freeze_encoder=hp.freeze_encoder,
+                vocab_size=datamodule.tokenizer.vocab_size,
+                **{k: hp[k] for k in ("encoder", "pretrained", "freeze_encoder", "image_size", "dim", "depth")},
+                **{k: hp[k] for k in ("num_heads", "mlp_ratio", "max_length", "dropout")},
             )
-        self.model = CaptioningModel(config)
-        if datamodule is not None:
-            datamodule.tokenizer = self.tokenizer  # training captions must use the model's vocabulary
+            self._build(config, datamodule.tokenizer)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        entry = checkpoint.get("captioning")
+        if not entry:
+            raise ValueError("not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)")
+        config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
+        if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
+            self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
+
+    def _build(self, config: ModelConfig, tokenizer: CaptionTokenizer) -> None:
+        self.model, self.tokenizer = CaptioningModel(config), tokenizer
+        if self.trainer.datamodule is not None:
+            self.trainer.datamodule.tokenizer = tokenizer  # training captions must use the model's vocabulary
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["captioning"] = checkpoint_metadata(self.model.config, self.tokenizer)
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("no model to evaluate: pass --ckpt_path with a checkpoint written by `captioning fit`")
+
+    on_validation_start = on_test_start = on_predict_start = _require_model
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.parameters() if p.requires_grad)
@@ -159,36 +168,39 @@ class CaptioningModule(LightningModule):
         return [{"image_id": i, "caption": c} for i, c in self.caption_batch(batch).items()]
 
     def on_validation_epoch_end(self) -> None:
-        scores = self._score("val", self.hparams.val_metrics)
+        scores = self._score("val", self._collect(), self.hparams.val_metrics)
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name in ("CIDEr", "Bleu_4"))
 
     def on_test_epoch_end(self) -> None:
-        scores = self._score("test", None)
-        datamodule = self.trainer.datamodule
-        scenes = datamodule.scenes("test")
-        if scenes is not None:
-            scores["grounded_accuracy"] = grounded_accuracy(self._last_captions, scenes)
+        captions = self._collect()
+        scores = self._score("test", captions, None)
+        scenes = self.trainer.datamodule.scenes("test")
+        if scenes is not None and captions:
+            scores["grounded_accuracy"] = grounded_accuracy(captions, scenes)
         for name, value in scores.items():
             self.log(f"test/{name}", value)
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            log_dir = Path(self.trainer.log_dir)
-            predictions = [{"image_id": i, "caption": c} for i, c in sorted(self._last_captions.items())]
-            write_json_atomic(log_dir / "predictions.json", predictions)
-            write_json_atomic(log_dir / "metrics.json", scores)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every process must ask
+        if self.trainer.is_global_zero and log_dir:
+            predictions = [{"image_id": i, "caption": c} for i, c in sorted(captions.items())]
+            write_json_atomic(Path(log_dir) / "predictions.json", predictions)
+            write_json_atomic(Path(log_dir) / "metrics.json", scores)
 
-    def _score(self, split: str, metrics: tuple[str, ...] | None) -> dict[str, float]:
-        """Scores the captions of all processes against the split's references."""
+    def _collect(self) -> dict:
+        """This epoch's captions of all processes; the buffer is emptied for the next epoch."""
         captions, self._captions = _gather(self._captions), {}
-        self._last_captions = captions
-        if self.trainer.sanity_checking or not captions:
-            return {}
-        if split not in self._scorers:  # tokenized references and CIDEr-D document frequencies, once per split
-            references = self.trainer.datamodule.references(split)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # metrics that cannot run here warn once, below
+        return captions
+
+    def _score(self, split: str, captions: dict, metrics: tuple[str, ...] | None) -> dict[str, float]:
+        """Scores the captions against the split's references on the first process (METEOR starts a JVM), and
+        shares the scores with the others so that every process logs and checkpoints on the same numbers."""
+        scores = {}
+        if self.trainer.is_global_zero and captions and not self.trainer.sanity_checking:
+            if split not in self._scorers:  # tokenized references and CIDEr-D document frequencies, once per split
+                references = self.trainer.datamodule.references(split)
                 self._scorers[split] = CaptionScorer(references, metrics=metrics)
-        return self._scorers[split].score(captions)
+            scores = self._scorers[split].score(captions)
+        return self.trainer.strategy.broadcast(scores, src=0)
 
 
 def _gather(captions: dict) -> dict:

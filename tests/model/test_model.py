@@ -104,3 +104,12 @@ def test_unknown_timm_model_name_is_a_clear_error():
 def test_missing_pretrained_weights_say_how_to_fix_it():
     with pytest.raises(RuntimeError, match="pretrained weights of timm model 'test_vit'.*pretrained: false"):
         ImageEncoder("test_vit", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "test_vit", "test_resnet"])
+def test_every_trainable_weight_gets_a_gradient(name):
+    """DDP fails on trainable weights outside the graph, such as the head norm that timm keeps in a ConvNeXt."""
+    config = ModelConfig(vocab_size=V, **{**TINY_MODEL, "encoder": name})
+    model = CaptioningModel(config)
+    model(torch.randn(2, 3, 64, 64), torch.randint(4, V, (6, 8))).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
