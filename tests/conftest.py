@@ -81,3 +81,22 @@ def trained_run(tmp_path_factory, shapes_root) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(trained_run) -> Path:
     return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny captioner trained directly in torch for 600 real steps on shapes (see tests.helpers)."""
+    from tests.helpers import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")

@@ -9,25 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from captioning.caption import main
 from tests.conftest import COCO_MINI, ROOT, require
-from tests.test_inference import _broken_images, _odd_images, train_tiny_checkpoint
+from tests.helpers import broken_images, odd_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +45,7 @@ def test_a_folder_of_real_photos_with_odd_and_broken_files(checkpoint, tmp_path)
     photos = require(COCO_MINI / "val2017")
     (tmp_path / "odd").mkdir()
     (tmp_path / "broken").mkdir()
-    odd, broken = _odd_images(tmp_path / "odd"), _broken_images(tmp_path / "broken")
+    odd, broken = odd_images(tmp_path / "odd"), broken_images(tmp_path / "broken")
     (tmp_path / "odd" / "notes.txt").write_text("not an image, and not named like one: left out of a folder\n")
     result = caption("--checkpoint", str(checkpoint), str(photos), str(tmp_path / "odd"), *map(str, broken.values()))
     assert result.returncode == 1, result.stderr[-2000:]

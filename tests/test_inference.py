@@ -2,86 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from captioning.checkpoint import checkpoint_metadata
 from captioning.data.coco import load_coco_captions
-from captioning.data.shapes import annotation_path, ensure_shapes
-from captioning.data.transforms import build_transform, load_image
+from captioning.data.shapes import annotation_path
+from captioning.data.transforms import load_image
 from captioning.inference import Caption, Captioner
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode
-from captioning.text.tokenizer import CaptionTokenizer
 from tests.conftest import TINY_MODEL
+from tests.helpers import broken_images, odd_images
 
-SPLITS = {"train": 512, "test": 32}
-
-
-@functools.cache
-def train_tiny_checkpoint(folder: Path, steps: int = 600) -> Path:
-    """Trains the tiny model on shapes for `steps` real steps and writes a checkpoint as training does.
-
-    The encoder is frozen (random timm weights) and its tokens are computed once, so the decoder trains in about
-    twenty seconds on two CPU cores. Cached: every test module of the session gets the same checkpoint.
-    """
-    path = folder / "tiny.ckpt"
-    root = folder / "shapes"
-    ensure_shapes(root, image_size=64, split_sizes=SPLITS)
-    records = load_coco_captions(annotation_path(root, "train"), root / "train")
-    tokenizer = CaptionTokenizer.train([c for r in records for c in r.captions], min_frequency=1)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, freeze_encoder=True, dropout=0.0, **TINY_MODEL)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and much faster on a busy machine
-    try:
-        torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(0)
-        model = CaptioningModel(config)
-        transform = build_transform(config.encoder, config.image_size)
-        with torch.no_grad():
-            images = torch.stack([transform(load_image(r.path)) for r in records])  # (N, 3, 64, 64)
-            features = model.encoder.eval()(images)  # (N, M, C_enc), frozen: computed once
-        K = 5
-        tokens = tokenizer.encode([c for r in records for c in r.captions[:K]], config.max_length)  # (N*K, T)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.01)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-        model.train()
-        for _ in range(steps):
-            index = torch.randint(len(records), (32,), generator=generator)  # (B,)
-            batch = tokens[(index[:, None] * K + torch.arange(K)).flatten()]  # (B*K, T): K captions per image
-            logits = model.decoder(batch[:, :-1], model.project(features[index]))  # (B*K, T-1, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), ignore_index=tokenizer.pad_id)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    state = {f"model.{key}": value for key, value in model.state_dict().items()}
-    torch.save({"captioning": checkpoint_metadata(config, tokenizer), "state_dict": state}, path)
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
@@ -179,52 +116,8 @@ def test_attention_maps_of_a_vit_leave_out_its_class_token(captioner):
         _assert_attention(caption, config.depth, config.num_heads, (4, 4), 1)
 
 
-def _odd_images(folder: Path) -> dict[str, Path]:
-    """Images as they come from cameras, phones, scanners and the web, written into `folder`."""
-    rng = np.random.default_rng(0)
-    rgb = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    files = {
-        "grayscale.png": rgb.convert("L"),
-        "gray-alpha.png": rgb.convert("LA"),
-        "rgba.png": rgb.convert("RGBA"),
-        "palette.gif": rgb.convert("P"),
-        "cmyk.jpg": rgb.convert("CMYK"),
-        "16-bit.png": Image.fromarray(rng.integers(0, 65535, (40, 30), dtype=np.uint16)),
-        "tiny.png": Image.new("RGB", (1, 1), (200, 10, 10)),
-        "huge.jpg": Image.new("RGB", (6000, 4000), (30, 120, 200)),
-        "bilevel.bmp": rgb.convert("1"),
-    }
-    paths = {}
-    for name, image in files.items():
-        paths[name] = folder / name
-        image.save(paths[name])
-    transparent = rgb.convert("P")
-    transparent.info["transparency"] = 0
-    paths["palette-transparent.png"] = folder / "palette-transparent.png"
-    transparent.save(paths["palette-transparent.png"], transparency=0)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    paths["exif-rotated.jpg"] = folder / "exif-rotated.jpg"
-    rgb.save(paths["exif-rotated.jpg"], exif=exif)
-    return paths
-
-
-def _broken_images(folder: Path) -> dict[str, Path]:
-    """A truncated JPEG, a text file named like an image, and a decompression bomb (tiny on disk)."""
-    good = folder / "source.jpg"
-    Image.new("RGB", (64, 64), (10, 200, 10)).save(good)
-    data = good.read_bytes()
-    paths = {"truncated.jpg": folder / "truncated.jpg", "not-an-image.jpg": folder / "not-an-image.jpg"}
-    paths["truncated.jpg"].write_bytes(data[: len(data) // 2])
-    paths["not-an-image.jpg"].write_text("this is not a picture\n")
-    paths["bomb.png"] = folder / "bomb.png"
-    Image.new("1", (10_000, 9_000)).save(paths["bomb.png"])  # 90 Mpx, over Pillow's 89.5 Mpx limit
-    good.unlink()
-    return paths
-
-
 def test_images_as_they_come_all_caption(captioner, tmp_path):
-    paths = _odd_images(tmp_path)
+    paths = odd_images(tmp_path)
     captions = captioner.caption(list(paths.values()), batch_size=4)
     assert len(captions) == len(paths) and all(c.text for c in captions)
     upright = captioner.preprocess(paths["exif-rotated.jpg"])
@@ -233,7 +126,7 @@ def test_images_as_they_come_all_caption(captioner, tmp_path):
 
 
 def test_unreadable_images_raise_an_error_that_names_the_file(captioner, tmp_path):
-    for name, path in _broken_images(tmp_path).items():
+    for name, path in broken_images(tmp_path).items():
         with pytest.raises(OSError, match=f"{name}: cannot read image"):
             captioner.caption(path)
 

@@ -80,13 +80,7 @@ def train_viz_runs(folder: Path) -> tuple[Path, Path]:
     return logs / "shapes" / "version_0", logs / "shapes" / "version_1"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_hot_caption(words: list[str], cells: list[tuple[int, int]], grid: tuple[int, int] = (4, 4)) -> Caption:

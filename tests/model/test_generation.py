@@ -1,6 +1,6 @@
 """Decoding: cached equals recomputed, beam 1 equals greedy, batching changes nothing, the memory is shared.
 
-Each test runs on a tiny random model and on the tiny model trained on shapes (tests/test_inference.py), whose
+Each test runs on a tiny random model and on the tiny model trained on shapes (tests/helpers.py), whose
 captions end at different steps for different images and beams.
 """
 
@@ -13,18 +13,12 @@ from captioning.inference import Captioner
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.model.generation import Generated, beam_search, greedy_decode, sample_decode
 from tests.conftest import TINY_MODEL
-from tests.test_inference import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
 V, BOS, PAD = 30, 1, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is as fast, and many times faster when other processes keep the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["random", "trained"])

@@ -34,7 +34,7 @@ def fit_and_test(root: Path) -> dict[str, float]:
         optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01), val_metrics=("CIDEr",),
     )  # fmt: skip
     trainer = L.Trainer(
-        max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=root,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=1.0,
     )  # fmt: skip
     trainer.fit(model, data)
