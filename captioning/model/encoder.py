@@ -37,9 +37,10 @@ class ImageEncoder(nn.Module):
         """Runs one blank image through the trunk to learn the token layout and the unused weights."""
         was_training = self.trunk.training
         self.trunk.eval()
-        features = self.trunk.forward_features(torch.zeros(1, 3, size, size))
+        with torch.enable_grad():  # also when built inside torch.no_grad(), e.g. in a notebook
+            features = self.trunk.forward_features(torch.zeros(1, 3, size, size))
+            self._freeze_unused(features)
         self.trunk.train(was_training)
-        self._freeze_unused(features)
         features = features.detach()
         if features.ndim == 4:
             if self.output_fmt == "NHWC":

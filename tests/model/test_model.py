@@ -113,3 +113,9 @@ def test_every_trainable_weight_gets_a_gradient(name):
     model = CaptioningModel(config)
     model(torch.randn(2, 3, 64, 64), torch.randint(4, V, (6, 8))).sum().backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_model_builds_with_gradients_disabled():
+    with torch.no_grad():
+        model = CaptioningModel(ModelConfig(vocab_size=V, **TINY_MODEL))
+    assert all(p.requires_grad for p in model.decoder.parameters())
