@@ -113,3 +113,14 @@ def test_ddp_fits_and_its_validation_gathers_every_process_to_equal_one_process(
 
     one, two = validate("one"), validate("two", *ddp)
     assert one == two and one["val/CIDEr"] >= 0
+
+
+def test_best_checkpoint_reloads_to_the_captions_it_was_tested_with(trained_run, shapes_root):
+    from captioning import Captioner
+
+    (best,) = (trained_run / "checkpoints").glob("best-*.ckpt")
+    captioner = Captioner.from_checkpoint(best, device="cpu")
+    tested = {p["image_id"]: p["caption"] for p in json.loads((trained_run / "predictions.json").read_text())}
+    paths = [shapes_root / "test" / f"{image_id:06d}.png" for image_id in tested]
+    again = captioner.caption(paths, beam_size=1, min_length=0, suppress_unk=False)
+    assert [c.text for c in again] == list(tested.values())

@@ -155,7 +155,8 @@ class CaptioningModule(LightningModule):
             return {}
         memory = self.model.encode(batch["images"])  # (B, M, D)
         tok = self.tokenizer
-        generated = greedy_decode(self.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id)
+        never = [tok.pad_id, tok.bos_id]  # not words: an untrained model may still rank them first
+        generated = greedy_decode(self.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id, suppress_tokens=never)
         return dict(zip(batch["image_ids"], tok.decode_batch(generated.tokens), strict=True))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
