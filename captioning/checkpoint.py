@@ -6,11 +6,7 @@ tokenizer, so that `Captioner.from_checkpoint` needs nothing else. Loading uses 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -44,14 +40,3 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, CaptionTokenizer, di
     tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
     state = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
     return config, tokenizer, state
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Writes JSON to a temporary file beside `path`, then renames it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-        json.dump(data, file, indent=2)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(file.name, path)

@@ -8,8 +8,6 @@ matplotlib's Agg canvas without pyplot (no display needed; a notebook keeps its 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioning.data.transforms import load_image
+from captioning.files import write_atomic
 from captioning.inference import Caption
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
@@ -280,7 +279,7 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int =
     palette = every.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     quantized = [frame.convert("RGB").quantize(palette=palette) for frame in frames]
     options = dict(format="GIF", save_all=True, append_images=quantized[1:], duration=duration_ms, loop=0)
-    return _write_atomic(Path(path), lambda file: quantized[0].save(file, **options))
+    return write_atomic(Path(path), lambda file: quantized[0].save(file, **options))
 
 
 def save_attention(
@@ -300,20 +299,6 @@ def save_attention(
     folder = Path(folder)
     picture = _as_image(image)
     figure = attention_figure(picture, caption, layer=layer, head=head)
-    png = _write_atomic(folder / f"{name}.png", lambda file: figure.savefig(file, format="png", dpi=100))
+    png = write_atomic(folder / f"{name}.png", lambda file: figure.savefig(file, format="png", dpi=100))
     gif = save_gif(attention_frames(picture, caption, layer=layer, head=head), folder / f"{name}.gif")
     return png, gif
-
-
-def _write_atomic(path: Path, write) -> Path:
-    """Calls `write(file)` on a temporary file beside `path`, then renames it: no half-written image is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from captioning.files import write_json
 from captioning.metrics.scorer import FAMILIES, CaptionScorer, metric_families
 
 
@@ -89,20 +88,6 @@ def load_results(path: Path, references: dict[object, list[str]]) -> dict[object
     if not predictions:
         raise InputError(f"results file {path} has no results")
     return predictions
-
-
-def write_json(path: Path, data: object) -> None:
-    """Writes JSON atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def format_table(scores: dict[str, float], num_images: int) -> str:

@@ -17,8 +17,9 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata, write_json_atomic
+from captioning.checkpoint import checkpoint_metadata
 from captioning.data.shapes import grounded_accuracy
+from captioning.files import write_json
 from captioning.metrics import CaptionScorer
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import greedy_decode
@@ -184,8 +185,8 @@ class CaptioningModule(LightningModule):
         log_dir = self.trainer.log_dir  # a collective under DDP: every process must ask
         if self.trainer.is_global_zero and log_dir:
             predictions = [{"image_id": i, "caption": c} for i, c in sorted(captions.items())]
-            write_json_atomic(Path(log_dir) / "predictions.json", predictions)
-            write_json_atomic(Path(log_dir) / "metrics.json", scores)
+            write_json(Path(log_dir) / "predictions.json", predictions)
+            write_json(Path(log_dir) / "metrics.json", scores)
 
     def _collect(self) -> dict:
         """This epoch's captions of all processes; the buffer is emptied for the next epoch."""

@@ -1,0 +1,35 @@
+"""Files written atomically: into a temporary file beside the target, then renamed over it.
+
+A reader (or a run killed mid-write) never sees half a results file, figure or animation. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Calls `write(file)` on a temporary binary file beside `path`, then renames it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Writes `data` as indented JSON, atomically."""
+    return write_atomic(path, lambda file: file.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
