@@ -228,6 +228,7 @@ def main(args: list[str] | None = None) -> int:
         min_length=options.min_length,
         length_penalty=options.length_penalty,
         no_repeat_ngram_size=options.no_repeat_ngram_size,
+        suppress_unk=True,  # a caption for people: never the unknown word
         sample=options.sample,
         temperature=options.temperature,
         top_k=options.top_k,

@@ -37,7 +37,7 @@ class Caption:
         score: its length-normalised log-probability, log P(words + end token) / (number of words + 1): the mean
             log-probability per generated token, end token included (what beam search ranks by when
             length_penalty is 1.0). A caption cut at max_length has no end token and divides by max_length.
-        words: the word of each token, as the tokenizer spells it (labels for attention maps).
+        words: the word of each token, as the text spells it (labels for attention maps).
         cross_attention: with return_attention, (L, nh, T, H, W) float tensor: for each layer, head and word,
             the attention weights on the memory tokens of the encoder's grid (H, W). These are the raw softmax
             weights, not renormalised: with `prefix_attention` they sum to 1 over the whole memory.
@@ -147,7 +147,7 @@ class Captioner:
             min_length: at least this many words before the end token.
             length_penalty: alpha in log P / length^alpha, the ranking of finished beams.
             no_repeat_ngram_size: forbid repeating any n-gram of this size (0: allowed).
-            suppress_unk: never generate the unknown-word token.
+            suppress_unk: never generate the unknown-word token (when allowed, the text shows it as `<unk>`).
             sample: draw each caption from the model instead of searching (nucleus sampling).
             temperature, top_k, top_p: the sampling distribution (see `sample_decode`).
             seed: seeds the sampling, which is then reproducible for the same images and batch_size.
@@ -190,8 +190,7 @@ class Captioner:
         for row, score in zip(generated.tokens.tolist(), generated.scores.tolist(), strict=True):
             ids = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
             ids = [i for i in ids if i != tok.pad_id]
-            words = [tok.tokenizer.id_to_token(i) for i in ids]
-            captions.append(Caption(tok.decode(ids), ids, score, words))
+            captions.append(Caption(tok.decode(ids), ids, score, [tok.id_to_word(i) for i in ids]))
         return captions
 
     def _add_attention(self, memory: Tensor, captions: list[Caption]) -> None:

@@ -92,6 +92,19 @@ def test_progress_bar_keeps_result_and_error_lines_whole(checkpoint, shapes_imag
     assert "captioned 32 of 33 images; 1 error(s) above" in err
 
 
+def test_the_cli_never_writes_the_unknown_word(checkpoint, shapes_images, capsys, monkeypatch):
+    from captioning.inference import Captioner
+    from tests.test_inference import fond_of_the_unknown_word
+
+    fond = fond_of_the_unknown_word(Captioner.from_checkpoint(checkpoint, device="cpu"))
+    monkeypatch.setattr(Captioner, "from_checkpoint", lambda *args, **kwargs: fond)
+    images = [str(path) for path in sorted(shapes_images.glob("*.png"))[:3]]
+    for options in ([], ["--beam-size", "1"], ["--sample", "--seed", "0"]):
+        assert main(["--checkpoint", str(checkpoint), "--max-length", "6", *options, *images]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3 and not any("<unk>" in line for line in lines)
+
+
 def test_folders_and_patterns_without_images_are_errors(checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(checkpoint), str(tmp_path / "empty"), str(tmp_path / "*.jpg")]) == 1

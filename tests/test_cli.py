@@ -23,7 +23,7 @@ def test_help_lists_the_subcommands():
 
 def test_fit_writes_checkpoints_predictions_and_metrics(trained_run):
     assert {"last.ckpt"} <= {p.name for p in (trained_run / "checkpoints").iterdir()}
-    assert any(p.name.startswith("best-") for p in (trained_run / "checkpoints").iterdir())
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
     predictions = json.loads((trained_run / "predictions.json").read_text())
     assert len(predictions) == 16 and set(predictions[0]) == {"image_id", "caption"}
     metrics = json.loads((trained_run / "metrics.json").read_text())
@@ -118,9 +118,30 @@ def test_ddp_fits_and_its_validation_gathers_every_process_to_equal_one_process(
 def test_best_checkpoint_reloads_to_the_captions_it_was_tested_with(trained_run, shapes_root):
     from captioning import Captioner
 
-    (best,) = (trained_run / "checkpoints").glob("best-*.ckpt")
+    best = trained_run / "checkpoints" / "best.ckpt"
     captioner = Captioner.from_checkpoint(best, device="cpu")
     tested = {p["image_id"]: p["caption"] for p in json.loads((trained_run / "predictions.json").read_text())}
     paths = [shapes_root / "test" / f"{image_id:06d}.png" for image_id in tested]
-    again = captioner.caption(paths, beam_size=1, min_length=0, suppress_unk=False)
+    again = captioner.caption(paths, beam_size=1)  # as testing decodes: greedy, no [UNK], one word at least
     assert [c.text for c in again] == list(tested.values())
+
+
+def test_test_with_beam_search_reports_what_the_caption_script_writes(trained_run, shapes_root, tmp_path):
+    from captioning import Captioner
+
+    best = trained_run / "checkpoints" / "best.ckpt"
+    beams = ("--model.eval_beam_size=3", f"--ckpt_path={best}")
+    tested = run_cli(*tiny_args("test", shapes_root, tmp_path / "test", *beams))
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    (folder,) = (tmp_path / "test" / "shapes").iterdir()
+    written = {p["image_id"]: p["caption"] for p in json.loads((folder / "predictions.json").read_text())}
+    paths = [shapes_root / "test" / f"{image_id:06d}.png" for image_id in written]
+    assert [c.text for c in Captioner.from_checkpoint(best, device="cpu").caption(paths, beam_size=3)] == list(
+        written.values()
+    )
+    predicted = run_cli(*tiny_args("predict", shapes_root, tmp_path / "predict", *beams))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (folder,) = (tmp_path / "predict" / "shapes").iterdir()
+    assert json.loads((folder / "predictions.json").read_text()) == json.loads(
+        next((tmp_path / "test" / "shapes").glob("*/predictions.json")).read_text()
+    )

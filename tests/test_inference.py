@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -76,6 +77,25 @@ def test_textbook_beam_search_improves_on_greedy_on_average(captioner, test_imag
     greedy = greedy_decode(model.decoder, memory, *ids, **rules).scores
     textbook = beam_search(model.decoder, memory, *ids, beam_size=3, include_greedy=False, **rules).scores
     assert textbook.mean() > greedy.mean()
+
+
+def fond_of_the_unknown_word(captioner: Captioner) -> Captioner:
+    """The same model, except that it ranks the unknown token far above every word at every step."""
+    model = copy.deepcopy(captioner.model)
+    bias = torch.zeros(captioner.tokenizer.vocab_size)
+    bias[captioner.tokenizer.unk_id] = 30.0
+    model.decoder.head.register_forward_hook(lambda module, args, logits: logits + bias)
+    return Captioner(model, captioner.tokenizer)
+
+
+@pytest.mark.parametrize("options", [{"beam_size": 3}, {"beam_size": 1}, {"sample": True, "seed": 0}])
+def test_unknown_word_is_never_generated_by_default_and_shows_as_unk_when_allowed(captioner, test_images, options):
+    fond, unk = fond_of_the_unknown_word(captioner), captioner.tokenizer.unk_id
+    for caption in fond.caption(test_images[:4], max_length=6, **options):
+        assert unk not in caption.tokens and "<unk>" not in caption.words and caption.text
+    for caption in fond.caption(test_images[:4], max_length=6, suppress_unk=False, **options):
+        assert unk in caption.tokens and "<unk>" in caption.words and "<unk>" in caption.text.split(" ")
+        assert caption.text == " ".join(caption.words)
 
 
 def test_sampling_with_a_seed_is_reproducible(captioner, test_images):

@@ -1,8 +1,8 @@
 """The LightningDataModule: records of a split -> (image tensor, captions) -> batches of B images x K captions.
 
-Sources: the built-in shapes dataset (generated on first use), COCO caption files with image folders, or a
-Karpathy split file. Each training batch carries every image once with K of its captions, so that the model
-encodes an image once for all of them. Unreadable images are skipped and counted, never fatal.
+Sources: the built-in shapes dataset (a basic and a hard setting, generated on first use), COCO caption files with
+image folders, or a Karpathy split file. Each training batch carries every image once with K of its captions, so that
+the model encodes an image once for all of them. Unreadable images are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -17,12 +17,17 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from captioning.data import shapes, shapes_hard
 from captioning.data.coco import ImageRecord, load_coco_captions, load_karpathy_split
-from captioning.data.shapes import annotation_path, ensure_shapes
+from captioning.data.shapes import annotation_path
 from captioning.data.transforms import build_transform, load_image
 from captioning.text.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
+# The settings of the built-in data: each module writes its data (`ensure_shapes`) and checks captions against the
+# scenes it drew (`grounded_accuracy`); each has its own folder, so that switching setting never overwrites the other.
+SHAPES_LEVELS = {"basic": shapes, "hard": shapes_hard}
+SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
 
 
 class CaptionDataset(Dataset):
@@ -83,7 +88,8 @@ class CaptionDataModule(LightningDataModule):
     Args:
         dataset: "shapes" (built-in, generated under `root`), "coco" (`annotations` and `images` per split) or
             "karpathy" (`karpathy_file` with images under `root`).
-        root: shapes: where the dataset is written; karpathy: the folder that holds the images.
+        root: shapes: where the dataset is written (default data/shapes, or data/shapes_hard for the hard level);
+            karpathy: the folder that holds the images.
         annotations: coco: caption annotation file per split, e.g. {"train": ".../captions_train2017.json"}.
         images: coco: image folder per split, e.g. {"train": ".../train2017"}.
         karpathy_file: karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.
@@ -99,12 +105,14 @@ class CaptionDataModule(LightningDataModule):
         num_workers: data loading processes.
         shapes_image_size: shapes: side of the generated images in pixels.
         shapes_split_sizes: shapes: number of images per split.
+        shapes_level: shapes: "basic" (one to three shapes on plain grey, lower-case template captions) or "hard"
+            (two to six shapes in counted groups on textured backgrounds, captions written as people write them).
     """
 
     def __init__(
         self,
         dataset: Literal["shapes", "coco", "karpathy"] = "shapes",
-        root: str = "data/shapes",
+        root: str | None = None,
         annotations: dict[str, str] | None = None,
         images: dict[str, str] | None = None,
         karpathy_file: str | None = None,
@@ -120,24 +128,31 @@ class CaptionDataModule(LightningDataModule):
         num_workers: int = 2,
         shapes_image_size: int = 128,
         shapes_split_sizes: dict[str, int] | None = None,
+        shapes_level: Literal["basic", "hard"] = "basic",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer: CaptionTokenizer | None = None
         self.datasets: dict[str, CaptionDataset] = {}
 
+    @property
+    def shapes_root(self) -> str:
+        return self.hparams.root or SHAPES_ROOTS[self.hparams.shapes_level]
+
     def prepare_data(self) -> None:
-        if self.hparams.dataset == "shapes":
-            ensure_shapes(self.hparams.root, self.hparams.shapes_image_size, self.hparams.shapes_split_sizes)
+        hp = self.hparams
+        if hp.dataset == "shapes":
+            SHAPES_LEVELS[hp.shapes_level].ensure_shapes(self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes)
 
     def load_records(self, split: str) -> list[ImageRecord]:
         """The images and captions of a split, as configured."""
         hp = self.hparams
         if hp.dataset == "shapes":
-            return load_coco_captions(annotation_path(hp.root, split), Path(hp.root) / split)
+            return load_coco_captions(annotation_path(self.shapes_root, split), Path(self.shapes_root) / split)
         if hp.dataset == "karpathy":
-            if not hp.karpathy_file:
-                raise ValueError("data.karpathy_file is required when data.dataset is 'karpathy'")
+            for field in ("karpathy_file", "root"):
+                if not getattr(hp, field):
+                    raise ValueError(f"data.{field} is required when data.dataset is 'karpathy'")
             return load_karpathy_split(hp.karpathy_file, hp.root, split, hp.restval_to_train)
         for field in ("annotations", "images"):
             if split not in (getattr(hp, field) or {}):
@@ -160,10 +175,26 @@ class CaptionDataModule(LightningDataModule):
         """Reference captions by image id."""
         return {record.image_id: record.captions for record in self.datasets[split].records}
 
+    def check_captions(self, split: str, captions: dict) -> dict[str, float]:
+        """Scores {image_id: caption} against the split's ground truth when the dataset has one (built-in shapes:
+        {"grounded_accuracy": ...}); {} for datasets without one."""
+        if self.hparams.dataset != "shapes" or not captions:
+            return {}
+        scenes = {record.image_id: record.scene for record in self._records(split)}
+        return {"grounded_accuracy": SHAPES_LEVELS[self.hparams.shapes_level].grounded_accuracy(captions, scenes)}
+
     def scenes(self, split: str) -> dict | None:
-        """Ground-truth scenes by image id (shapes only), else None."""
-        records = self.datasets[split].records
-        return {r.image_id: r.scene for r in records} if records and records[0].scene is not None else None
+        """Deprecated, for training code that checks basic shapes captions itself: use `check_captions`.
+
+        Ground-truth scenes by image id for the basic shapes level; None otherwise, since the basic check cannot
+        read the counts of the hard level's captions.
+        """
+        if self.hparams.dataset != "shapes" or self.hparams.shapes_level != "basic":
+            return None
+        return {record.image_id: record.scene for record in self._records(split)}
+
+    def _records(self, split: str) -> list[ImageRecord]:
+        return self.datasets[split].records if split in self.datasets else self.load_records(split)
 
     def train_dataloader(self) -> DataLoader:
         if self.tokenizer is None:

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -32,20 +33,49 @@ def annotation_path(root: str | Path, split: str) -> Path:
 def ensure_shapes(root: str | Path, image_size: int = 128, split_sizes: dict[str, int] | None = None, seed: int = 0):
     """Writes the dataset under `root` unless the same one is already there.
 
-    Layout: `root/{train,val,test}/*.png` and `root/annotations/captions_{split}.json`. Each split is written to
-    a temporary folder and renamed into place, so an interrupted run never leaves a half-written split.
+    Layout: `root/{train,val,test}/*.png` and `root/annotations/captions_{split}.json`.
+    """
+    write_splits(root, {"version": GENERATOR_VERSION}, _example, image_size, split_sizes or SPLIT_SIZES, seed)
+
+
+def _example(rng: random.Random, image_size: int) -> tuple[Image.Image, dict, list[str]]:
+    scene = random_scene(rng, image_size)
+    return draw_scene(scene, image_size), {"scene": scene}, describe(scene, rng, image_size)
+
+
+def write_splits(
+    root: str | Path,
+    generator: dict,
+    example: Callable[[random.Random, int], tuple[Image.Image, dict, list[str]]],
+    image_size: int,
+    split_sizes: dict[str, int],
+    seed: int,
+    description: str = "captioning built-in shapes dataset",
+) -> None:
+    """Writes each split that is missing or was made with other settings, in COCO captions format.
+
+    Args:
+        root: the dataset's folder.
+        generator: what identifies the generator (its version, its setting), kept in the files' `info`.
+        example: `(rng, image_size) -> (image, fields of its "images" entry such as the scene, five captions)`.
+        image_size: side of the images in pixels.
+        split_sizes: number of images per split; split i is drawn with seed `seed + i`.
+        seed: the seed of the first split.
+        description: the files' `info.description`.
+
+    Each split is written to a temporary folder and renamed into place, so an interrupted run never leaves a
+    half-written split.
     """
     root = Path(root)
-    split_sizes = split_sizes or SPLIT_SIZES
     for index, (split, count) in enumerate(split_sizes.items()):
-        settings = {"version": GENERATOR_VERSION, "image_size": image_size, "count": count, "seed": seed + index}
+        settings = {**generator, "image_size": image_size, "count": count, "seed": seed + index}
         annotations = annotation_path(root, split)
         if annotations.exists() and json.loads(annotations.read_text()).get("info", {}).get("generator") == settings:
             continue
-        _write_split(root, split, settings)
+        _write_split(root, split, settings, example, description)
 
 
-def _write_split(root: Path, split: str, settings: dict) -> None:
+def _write_split(root: Path, split: str, settings: dict, example, description: str) -> None:
     rng = random.Random(settings["seed"])
     staging = root / f".{split}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -53,13 +83,13 @@ def _write_split(root: Path, split: str, settings: dict) -> None:
     images, annotations = [], []
     for image_id in range(1, settings["count"] + 1):
         size = settings["image_size"]
-        scene = random_scene(rng, size)
+        image, fields, captions = example(rng, size)
         file_name = f"{image_id:06d}.png"
-        draw_scene(scene, settings["image_size"]).save(staging / split / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size, "scene": scene})
-        for caption in describe(scene, rng, size):
+        image.save(staging / split / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size, **fields})
+        for caption in captions:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
-    info = {"description": "captioning built-in shapes dataset", "generator": settings}
+    info = {"description": description, "generator": settings}
     (staging / "captions.json").write_text(json.dumps({"info": info, "images": images, "annotations": annotations}))
     shutil.rmtree(root / split, ignore_errors=True)
     os.replace(staging / split, root / split)

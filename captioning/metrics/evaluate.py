@@ -73,8 +73,7 @@ def load_results(path: Path, references: dict[object, list[str]]) -> dict[object
     """``{image_id: caption}`` from a COCO results file, checked against the annotations.
 
     Raises:
-        InputError: malformed file, an image id absent from the annotations, a duplicate image id, or an
-            empty caption.
+        InputError: malformed file, an image id absent from the annotations, or a duplicate image id.
     """
     predictions: dict[object, str] = {}
     for image_id, caption in _entries(_load_json(path, "results"), path, "results"):
@@ -82,9 +81,7 @@ def load_results(path: Path, references: dict[object, list[str]]) -> dict[object
             raise InputError(f"results file {path}: image id {image_id!r} is not in the annotations")
         if image_id in predictions:
             raise InputError(f"results file {path}: image id {image_id!r} has more than one result")
-        if not caption.strip():
-            raise InputError(f"results file {path}: the caption of image {image_id!r} is empty")
-        predictions[image_id] = caption
+        predictions[image_id] = caption  # an empty caption scores as one with no words, as in coco-caption
     if not predictions:
         raise InputError(f"results file {path} has no results")
     return predictions

@@ -1,7 +1,9 @@
 """A word-level caption tokenizer trained on the training captions with the `tokenizers` library.
 
-Lower-cased, punctuation dropped, words seen fewer than `min_frequency` times mapped to the unknown token
-(the usual preprocessing of COCO captioning since Karpathy & Fei-Fei, 2015). Saved inside every checkpoint.
+Its words are the PTB tokens that the coco-caption metrics count (`captioning.metrics.tokenize`: lower-cased,
+punctuation dropped, "there's" -> "there 's"), so the model writes the words it is scored on. Words seen fewer than
+`min_frequency` times map to the unknown token (the usual COCO preprocessing since Karpathy & Fei-Fei, 2015).
+Saved inside every checkpoint.
 """
 
 from __future__ import annotations
@@ -9,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from captioning.metrics.tokenize import tokenize_lines
+
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+UNK_WORD = "<unk>"  # the unknown token in text: PTB tokenization keeps it as one word
+# PTB tokenization writes brackets as these words but would split the words themselves ("-lrb-" -> "lrb"):
+# decoded text shows the bracket, which tokenizes back to the word
+_BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
 
 
 class CaptionTokenizer:
@@ -23,18 +31,19 @@ class CaptionTokenizer:
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (tokenizer.token_to_id(t) for t in (PAD, BOS, EOS, UNK))
         if None in (self.pad_id, self.bos_id, self.eos_id, self.unk_id):
             raise ValueError(f"tokenizer lacks one of the special tokens {PAD} {BOS} {EOS} {UNK}")
+        # Tokenizers saved before PTB words have a normalizer that lower-cases and turns punctuation into spaces:
+        # they keep reading raw captions through it, as they were trained
+        self.ptb = tokenizer.normalizer is None
+        words = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+        self._words = [UNK_WORD if w == UNK else _BRACKETS.get(w, w) for w in words]
 
     @classmethod
     def train(cls, captions: Iterable[str], min_frequency: int = 5) -> CaptionTokenizer:
-        """Builds the vocabulary from `captions`: every word seen at least `min_frequency` times."""
+        """Builds the vocabulary from `captions`: every PTB word seen at least `min_frequency` times."""
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-        tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
-        )
-        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", behavior="removed")  # a PTB word may hold a no-break space
         trainer = trainers.WordLevelTrainer(min_frequency=min_frequency, special_tokens=[PAD, BOS, EOS, UNK])
-        tokenizer.train_from_iterator(captions, trainer=trainer)
+        tokenizer.train_from_iterator(tokenize_lines(list(captions)), trainer=trainer)
         return cls(tokenizer)
 
     @classmethod
@@ -54,19 +63,24 @@ class CaptionTokenizer:
         The decoder reads the first T-1 tokens and predicts the last T-1, so `max_length` is both the number of
         positions it sees and the number of tokens (end token included) that it writes.
         """
-        rows = [[self.bos_id, *e.ids[: max_length - 1], self.eos_id] for e in self.tokenizer.encode_batch(captions)]
+        lines = tokenize_lines(captions) if self.ptb else captions
+        rows = [[self.bos_id, *e.ids[: max_length - 1], self.eos_id] for e in self.tokenizer.encode_batch(lines)]
         width = max(len(row) for row in rows)
-        tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)] = torch.tensor(row)
-        return tokens
+        return torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows], dtype=torch.long)
+
+    def id_to_word(self, token: int) -> str:
+        """The word of a token id as decoded text writes it: the unknown token as `<unk>`, PTB brackets as brackets."""
+        return self._words[token]
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Token ids -> caption, stopping at the end token and leaving out special tokens."""
+        """Token ids -> caption: words joined by spaces, stopping at the end token, without padding and start tokens.
+
+        PTB tokenization of the caption gives its words back, so it scores as the model wrote it.
+        """
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
-        return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.bos_id)], skip_special_tokens=True)
+        return " ".join(self._words[i] for i in ids if i != self.pad_id and i != self.bos_id)
 
     def decode_batch(self, rows: Tensor) -> list[str]:
         return [self.decode(row) for row in rows]

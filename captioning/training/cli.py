@@ -7,11 +7,13 @@ logger (TensorBoard beside it when installed), and a test of the best checkpoint
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from captioning.checkpoint import load_checkpoint
 from captioning.data.datamodule import CaptionDataModule
 from captioning.training.module import CaptioningModule
 
@@ -37,12 +39,32 @@ class CaptioningCLI(LightningCLI):
         parser.link_arguments("model.max_length", "data.max_length")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # best.ckpt, replaced (atomically) by each better one: a name that the next run can be pointed at
         parser.set_defaults(
-            {"checkpoint.monitor": "val/CIDEr", "checkpoint.mode": "max", "checkpoint.filename": "best-{epoch}-{step}"}
-        )
+            {"checkpoint.monitor": "val/CIDEr", "checkpoint.mode": "max", "checkpoint.filename": "best",
+             "checkpoint.enable_version_counter": False}
+        )  # fmt: skip
         # last.ckpt after every epoch, whether or not it was the best: a killed run resumes from where it was.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
+
+    def _parse_ckpt_path(self) -> None:
+        """A checkpoint (`--ckpt_path`, else `--model.init_from`) brings its architecture, and with it the data's
+        preprocessing and caption length; every other setting comes from the config and the command line.
+
+        Lightning's own version replaces all model settings by those saved in the checkpoint, which would silently
+        drop e.g. `--model.eval_beam_size 3` from `captioning test --ckpt_path ...`.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        path = self.config[subcommand].get("ckpt_path") or self.config[subcommand].model.get("init_from")
+        if not path or not Path(path).is_file():  # Lightning's "best" and "last", or a missing file: reported later
+            return
+        config, _, _ = load_checkpoint(path)
+        architecture = {**config.to_dict(), "pretrained": False}  # its trained weights replace any pretrained ones
+        del architecture["vocab_size"]  # the checkpoint's tokenizer decides it
+        self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)  # links follow
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

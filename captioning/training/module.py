@@ -1,14 +1,19 @@
-"""The LightningModule that trains a CaptioningModel with cross-entropy (XE) and label smoothing.
+"""The LightningModule that trains a CaptioningModel: cross-entropy (XE) with label smoothing, then self-critical
+sequence training (SCST, Rennie et al., 2017) on CIDEr-D, started from an XE checkpoint with `init_from`.
 
-AdamW with linear warm-up and cosine decay; validation decodes greedily and scores BLEU-4 and CIDEr-D with
-`captioning.metrics` (the coco-caption definitions), gathering every process's captions before scoring.
-`captioning test` writes `predictions.json` and `metrics.json` into the run's log folder.
+AdamW with parameter groups (a gentler learning rate for a pretrained encoder, no weight decay on biases, norms and
+embeddings), linear warm-up and cosine decay. Validation and test decode greedily or with beam search
+(`eval_beam_size`) and score with `captioning.metrics` (the coco-caption definitions), gathering every process's
+captions before scoring. `captioning test` and `captioning predict` write `predictions.json` (and test
+`metrics.json`) into the run's log folder.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -17,13 +22,15 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata
-from captioning.data.shapes import grounded_accuracy
+from captioning.checkpoint import checkpoint_metadata, load_checkpoint
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
+from captioning.metrics.cider import CiderD
 from captioning.model.captioner import CaptioningModel, ModelConfig
-from captioning.model.generation import greedy_decode
+from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
+from captioning.training import scst
+from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups
 
 
 class CaptioningModule(LightningModule):
@@ -41,9 +48,20 @@ class CaptioningModule(LightningModule):
         max_length: caption length limit in tokens, end token included.
         dropout: dropout in the decoder.
         label_smoothing: cross-entropy label smoothing.
-        optimizer: optimizer factory, given the parameters.
+        init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
+            SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead.
+        optimizer: optimizer factory, given the parameter groups; its learning rate is the decoder's.
+        encoder_lr_scale: the encoder's learning rate as a share of the optimizer's.
+        layer_decay: layer-wise learning-rate decay for the encoder trunk (e.g. 0.75): each layer below the top gets
+            this factor once more. None: one rate for the whole encoder.
+        encoder_frozen_epochs: the encoder's learning rate is 0 for this many epochs (the decoder settles first).
         warmup_steps: steps of linear learning-rate warm-up.
         min_lr_ratio: the cosine decay ends at this fraction of the peak learning rate.
+        scst: train with self-critical sequence training on CIDEr-D instead of cross-entropy.
+        scst_samples: K captions sampled per image in each SCST step.
+        scst_baseline: "mean": the mean reward of the image's other K-1 samples; "greedy": the greedy caption's.
+        eval_beam_size: beams for validation, test and predict captions (1: greedy decoding).
+        eval_length_penalty: alpha of the beam search ranking log P / length^alpha.
         val_metrics: metric families scored during validation (CIDEr-D drives checkpointing).
     """
 
@@ -60,27 +78,50 @@ class CaptioningModule(LightningModule):
         max_length: int = 24,
         dropout: float = 0.1,
         label_smoothing: float = 0.1,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        encoder_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
+        encoder_frozen_epochs: int = 0,
         warmup_steps: int = 200,
         min_lr_ratio: float = 0.05,
+        scst: bool = False,
+        scst_samples: int = 5,
+        scst_baseline: Literal["mean", "greedy"] = "mean",
+        eval_beam_size: int = 1,
+        eval_length_penalty: float = 1.0,
         val_metrics: tuple[str, ...] = ("BLEU", "CIDEr"),
     ) -> None:
         super().__init__()
+        if scst and scst_baseline == "mean" and scst_samples < 2:
+            raise ValueError(f"model.scst_samples must be at least 2 with the 'mean' baseline, got {scst_samples}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model: CaptioningModel | None = None
         self.tokenizer: CaptionTokenizer | None = None
         self._captions: dict = {}
         self._scorers: dict[str, CaptionScorer] = {}
+        self._reward: CiderD | None = None
+        self._reward_seconds = 0.0
+        self._step_started = 0.0
         self.skipped_images = 0
 
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
-        """Builds the model for a new run from the datamodule's tokenizer; a checkpoint's model is built when it
-        is loaded (`on_load_checkpoint`), with the checkpoint's own config and tokenizer."""
+        """Builds the model for a new run: from `init_from`, or from the hyper-parameters and the datamodule's
+        tokenizer. A resumed run's model is rebuilt from its own checkpoint (`on_load_checkpoint`)."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        if hp.scst and not hp.init_from and self.trainer.state.fn == "fit":
+            rank_zero_warn("model.scst without model.init_from: self-critical training starts from random weights")
+        if hp.init_from:
+            config, tokenizer, state = load_checkpoint(hp.init_from)
+            self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
+            self.model.load_state_dict(state)
+            return
         datamodule = self.trainer.datamodule
-        if self.model is None and datamodule is not None and datamodule.tokenizer is not None:
-            hp = self.hparams
+        if datamodule is not None and datamodule.tokenizer is not None:
             config = ModelConfig(
                 vocab_size=datamodule.tokenizer.vocab_size,
                 **{k: hp[k] for k in ("encoder", "pretrained", "freeze_encoder", "image_size", "dim", "depth")},
@@ -111,9 +152,13 @@ class CaptioningModule(LightningModule):
     on_validation_start = on_test_start = on_predict_start = _require_model
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(p for p in self.parameters() if p.requires_grad)
+        hp = self.hparams
+        groups = parameter_groups(self.model, hp.encoder_lr_scale, hp.layer_decay)
+        optimizer = self.optimizer_factory(groups)
+        apply_lr_scales(optimizer)
         total = max(1, self.trainer.estimated_stepping_batches)
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        frozen_steps = hp.encoder_frozen_epochs * total // max(1, self.trainer.max_epochs or 1)
+        warmup, floor = hp.warmup_steps, hp.min_lr_ratio
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to `floor`
             if step < warmup:
@@ -121,7 +166,9 @@ class CaptioningModule(LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        groups = optimizer.param_groups
+        lambdas = [lambda step, g=g: schedule(step) * frozen_encoder_factor(g, step, frozen_steps) for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------------------------------------- training
@@ -129,6 +176,8 @@ class CaptioningModule(LightningModule):
         self.skipped_images += batch["skipped"]
         if not len(batch["image_ids"]):
             return None  # every image of the batch was unreadable
+        if self.hparams.scst:
+            return self._self_critical_step(batch)
         tokens = batch["tokens"]  # (B*K, T+1): [BOS] words [EOS] [PAD]...
         logits = self.model(batch["images"], tokens[:, :-1])  # (B*K, T, V)
         loss = F.cross_entropy(
@@ -140,6 +189,68 @@ class CaptioningModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_ids"]))
         return loss
 
+    def _self_critical_step(self, batch: dict):
+        """Samples K captions per image, rewards each with CIDEr-D, and returns the policy-gradient loss."""
+        K, tok, image_ids = self.hparams.scst_samples, self.tokenizer, batch["image_ids"]
+        memory = self.model.encode(batch["images"])  # (B, M, D)
+        ids = (tok.bos_id, tok.eos_id, tok.pad_id)
+        never = self._never_tokens()
+        decoder = self.model.decoder
+        decoder.eval()  # samples come from the policy without dropout; the log-probabilities below keep it
+        samples = sample_decode(decoder, memory.detach(), *ids, num_samples=K, suppress_tokens=never)
+        greedy = None
+        if self.hparams.scst_baseline == "greedy":
+            greedy = greedy_decode(decoder, memory.detach(), *ids, suppress_tokens=never)
+        decoder.train()
+
+        tokens = samples.tokens  # (B*K, L) after the start token, padded after the end token
+        mask, ended = scst.caption_mask(tokens, tok.eos_id)  # (B*K, L), (B*K,)
+        started = time.perf_counter()
+        rewards = self._rewards(tokens, mask, [i for i in image_ids for _ in range(K)])
+        rewards = torch.where(ended, rewards, 0.0)  # a caption cut at max_length is not a caption: no reward
+        if greedy is None:
+            baselines = scst.leave_one_out_baseline(rewards, K)
+        else:
+            greedy_mask, greedy_ended = scst.caption_mask(greedy.tokens, tok.eos_id)
+            greedy_rewards = torch.where(greedy_ended, self._rewards(greedy.tokens, greedy_mask, image_ids), 0.0)
+            baselines = greedy_rewards.repeat_interleave(K)
+        self._reward_seconds += time.perf_counter() - started
+
+        inputs = torch.cat([torch.full_like(tokens[:, :1], tok.bos_id), tokens[:, :-1]], dim=1)  # (B*K, L)
+        logits = decoder(inputs, memory)  # (B*K, L, V): the K samples of an image share its memory
+        banned = torch.tensor(never, device=logits.device)
+        logits = logits.index_fill(-1, banned, float("-inf"))  # the policy that was sampled never writes these
+        log_probs, entropy = scst.sequence_log_probs(logits, tokens, mask)
+        loss = scst.self_critical_loss(log_probs, rewards, baselines)
+        B = len(image_ids)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("scst/reward", rewards.mean(), prog_bar=True, batch_size=B)
+        self.log("scst/baseline", baselines.mean(), batch_size=B)
+        self.log("scst/advantage_std", (rewards - baselines).std(), batch_size=B)
+        self.log("scst/sample_length", mask.sum(dim=1).float().mean(), batch_size=B)
+        self.log("scst/ended", ended.float().mean(), batch_size=B)
+        self.log("scst/entropy", entropy, batch_size=B)
+        return loss
+
+    def _rewards(self, tokens: torch.Tensor, mask: torch.Tensor, image_ids: list) -> torch.Tensor:
+        """CIDEr-D of each caption (R,) against its image's training references, with the document frequencies of
+        the training references (prepared once)."""
+        if self._reward is None:
+            self._reward = CiderD(self.trainer.datamodule.references("train"))
+        words = self.tokenizer.tokenizer.id_to_token
+        eos = self.tokenizer.eos_id
+        captions = [[words(t) for t in row if t != eos] for row in (tokens * mask).tolist()]  # PTB words already
+        scores = self._reward.score_batch(captions, image_ids)
+        return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_started, self._reward_seconds = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.hparams.scst:  # the reward must stay a small share of the step: measured, not assumed
+            share = self._reward_seconds / max(1e-9, time.perf_counter() - self._step_started)
+            self.log("scst/reward_time_share", share, batch_size=len(batch["image_ids"]))
+
     def on_train_epoch_end(self) -> None:
         count = torch.tensor(float(self.skipped_images), device=self.device)
         skipped = int(self.trainer.strategy.reduce(count, reduce_op="sum"))  # all processes together
@@ -149,49 +260,67 @@ class CaptioningModule(LightningModule):
         self.skipped_images = 0
 
     # ---------------------------------------------------------------------------------- validation and test
+    def _never_tokens(self) -> list[int]:
+        """Tokens no caption may contain: padding and start are not words, and an unknown word is no answer."""
+        tok = self.tokenizer
+        return [tok.pad_id, tok.bos_id, tok.unk_id]
+
     @torch.no_grad()
     def caption_batch(self, batch: dict) -> dict:
-        """Greedy captions of a batch, by image id."""
+        """Captions of a batch by image id: greedy, or beam search with `eval_beam_size` beams."""
         if not len(batch["image_ids"]):
             return {}
         memory = self.model.encode(batch["images"])  # (B, M, D)
-        tok = self.tokenizer
-        never = [tok.pad_id, tok.bos_id]  # not words: an untrained model may still rank them first
-        generated = greedy_decode(self.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id, suppress_tokens=never)
+        tok, hp = self.tokenizer, self.hparams
+        ids = (tok.bos_id, tok.eos_id, tok.pad_id)
+        rules = {"min_length": 1, "suppress_tokens": self._never_tokens()}  # as `captioning caption` decodes
+        if hp.eval_beam_size > 1:
+            beams = {"beam_size": hp.eval_beam_size, "length_penalty": hp.eval_length_penalty}
+            generated = beam_search(self.model.decoder, memory, *ids, **beams, **rules)
+        else:
+            generated = greedy_decode(self.model.decoder, memory, *ids, **rules)
         return dict(zip(batch["image_ids"], tok.decode_batch(generated.tokens), strict=True))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._captions.update(self.caption_batch(batch))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._captions.update(self.caption_batch(batch))
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return [{"image_id": i, "caption": c} for i, c in self.caption_batch(batch).items()]
+    test_step = predict_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        scores = self._score("val", self._collect(), self.hparams.val_metrics)
+        captions = self._collect()
+        scores = self._score("val", captions, self.hparams.val_metrics)
+        scores.update(self._check("val", captions))
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name in ("CIDEr", "Bleu_4"))
 
     def on_test_epoch_end(self) -> None:
         captions = self._collect()
         scores = self._score("test", captions, None)
-        scenes = self.trainer.datamodule.scenes("test")
-        if scenes is not None and captions:
-            scores["grounded_accuracy"] = grounded_accuracy(captions, scenes)
+        scores.update(self._check("test", captions))
         for name, value in scores.items():
             self.log(f"test/{name}", value)
+        self._write({"predictions.json": _results(captions), "metrics.json": scores})
+
+    def on_predict_epoch_end(self) -> None:
+        self._write({"predictions.json": _results(self._collect())})
+
+    def _write(self, files: dict) -> None:
         log_dir = self.trainer.log_dir  # a collective under DDP: every process must ask
         if self.trainer.is_global_zero and log_dir:
-            predictions = [{"image_id": i, "caption": c} for i, c in sorted(captions.items())]
-            write_json(Path(log_dir) / "predictions.json", predictions)
-            write_json(Path(log_dir) / "metrics.json", scores)
+            for name, content in files.items():
+                write_json(Path(log_dir) / name, content)
 
     def _collect(self) -> dict:
         """This epoch's captions of all processes; the buffer is emptied for the next epoch."""
         captions, self._captions = _gather(self._captions), {}
         return captions
+
+    def _check(self, split: str, captions: dict) -> dict[str, float]:
+        """The dataset's own check of captions against its ground truth, when it has one (the built-in shapes)."""
+        check = getattr(self.trainer.datamodule, "check_captions", None)
+        if check is None or not captions or self.trainer.sanity_checking:
+            return {}
+        return check(split, captions)
 
     def _score(self, split: str, captions: dict, metrics: tuple[str, ...] | None) -> dict[str, float]:
         """Scores the captions against the split's references on the first process (METEOR starts a JVM), and
@@ -203,6 +332,11 @@ class CaptioningModule(LightningModule):
                 self._scorers[split] = CaptionScorer(references, metrics=metrics)
             scores = self._scorers[split].score(captions)
         return self.trainer.strategy.broadcast(scores, src=0)
+
+
+def _results(captions: dict) -> list[dict]:
+    """Captions in the COCO results format."""
+    return [{"image_id": i, "caption": c} for i, c in sorted(captions.items())]
 
 
 def _gather(captions: dict) -> dict:

@@ -27,6 +27,13 @@ def fakecap():
     return json.loads(GT.read_text()), json.loads(RESULTS.read_text())
 
 
+def references(gt: dict) -> dict:
+    out: dict = {}
+    for ann in gt["annotations"]:
+        out.setdefault(ann["image_id"], []).append(ann["caption"])
+    return out
+
+
 def write(path: Path, data) -> Path:
     path.write_text(data if isinstance(data, str) else json.dumps(data))
     return path
@@ -66,11 +73,20 @@ def test_json_output_and_missing_results_warning(fakecap, tmp_path, capsys) -> N
         "warning: 26 of 126 annotated images have no result and are left out; "
         "scoring the 100 images of the results, as coco-caption does"
     ]
-    references: dict = {}
-    for ann in gt["annotations"]:
-        references.setdefault(ann["image_id"], []).append(ann["caption"])
-    expected = score_captions({r["image_id"]: r["caption"] for r in results[:100]}, references, FAST[1:])
+    expected = score_captions({r["image_id"]: r["caption"] for r in results[:100]}, references(gt), FAST[1:])
     assert printed == pytest.approx(expected, abs=1e-12)
+
+
+def test_an_empty_caption_is_scored_as_a_caption_without_words(fakecap, tmp_path, capsys) -> None:
+    gt, results = fakecap
+    results = [{**results[0], "caption": ""}, {**results[1], "caption": " . "}] + results[2:]
+    path, per_image = write(tmp_path / "r.json", results), tmp_path / "per_image.json"
+    assert main(["--annotations", str(GT), "--results", str(path), "--json", "--per-image", str(per_image), *FAST]) == 0
+    expected = score_captions({r["image_id"]: r["caption"] for r in results}, references(gt), FAST[1:])
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected, abs=1e-12)
+    rows = {row["image_id"]: row for row in json.loads(per_image.read_text())}
+    for empty in results[:2]:  # pycocoevalcap 1.2 gives 0 here too (BLEU, ROUGE_L, CIDEr and METEOR)
+        assert {key: rows[empty["image_id"]][key] for key in expected} == dict.fromkeys(expected, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +94,6 @@ def test_json_output_and_missing_results_warning(fakecap, tmp_path, capsys) -> N
     [
         (lambda r: r + [{"image_id": 123456789, "caption": "a cat"}], "image id 123456789 is not in the annotations"),
         (lambda r: r + [dict(r[0])], "has more than one result"),
-        (lambda r: [{**r[0], "caption": "  "}] + r[1:], "is empty"),
         (lambda r: "[{'image_id': 1,", "is not valid JSON"),
         (lambda r: {"annotations": r}, "expected a list of {'image_id', 'caption'} objects"),
         (lambda r: [{"image_id": 1}], "entry 0 needs 'image_id' and 'caption' fields"),

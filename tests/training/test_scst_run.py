@@ -1,0 +1,35 @@
+"""Self-critical training as a user runs it: `captioning fit --model.scst=true --model.init_from CKPT` in a subprocess
+starts from the checkpoint's weights and tokenizer with a fresh optimizer, and logs what SCST is doing."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, tiny_args
+
+pytestmark = pytest.mark.slow
+
+
+def test_init_from_loads_the_weights_and_architecture_but_not_the_optimizer(tmp_path, shapes_root, checkpoint):
+    start = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    args = tiny_args("fit", shapes_root, tmp_path, f"--model.init_from={checkpoint}", "--model.scst=true")
+    args += ["--model.dim=64", "--model.encoder=test_resnet"]  # the checkpoint's architecture wins
+    # A learning rate of 0: the weights must stay exactly those of the checkpoint, while the optimizer steps.
+    result = run_cli(*args, "--model.scst_samples=3", "--model.optimizer.init_args.lr=0", "--trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = (tmp_path / "shapes").iterdir()
+    end = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert end["captioning"] == start["captioning"]  # the checkpoint's architecture and tokenizer
+    assert end["state_dict"].keys() == start["state_dict"].keys()
+    assert all(torch.equal(end["state_dict"][k], start["state_dict"][k]) for k in start["state_dict"])
+    steps = 96 // 16  # one epoch of the tiny training split
+    assert start["global_step"] > steps and end["global_step"] == steps  # a fresh run, not a resumed one
+    optimizer_steps = {int(s["step"]) for s in end["optimizer_states"][0]["state"].values()}
+    assert optimizer_steps == {steps}
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    logged = {key for row in rows for key, value in row.items() if value}
+    assert {"scst/reward", "scst/baseline", "scst/advantage_std", "scst/entropy", "scst/sample_length"} <= logged
+    assert {"scst/reward_time_share", "val/CIDEr"} <= logged
