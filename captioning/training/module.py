@@ -25,7 +25,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from captioning.checkpoint import checkpoint_metadata, load_checkpoint
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
-from captioning.metrics.cider import CiderD
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
@@ -101,7 +100,7 @@ class CaptioningModule(LightningModule):
         self.tokenizer: CaptionTokenizer | None = None
         self._captions: dict = {}
         self._scorers: dict[str, CaptionScorer] = {}
-        self._reward: CiderD | None = None
+        self._reward: scst.CiderReward | None = None
         self._reward_seconds = 0.0
         self._step_started = 0.0
         self.skipped_images = 0
@@ -233,15 +232,10 @@ class CaptioningModule(LightningModule):
         return loss
 
     def _rewards(self, tokens: torch.Tensor, mask: torch.Tensor, image_ids: list) -> torch.Tensor:
-        """CIDEr-D of each caption (R,) against its image's training references, with the document frequencies of
-        the training references (prepared once)."""
-        if self._reward is None:
-            self._reward = CiderD(self.trainer.datamodule.references("train"))
-        words = self.tokenizer.tokenizer.id_to_token
-        eos = self.tokenizer.eos_id
-        captions = [[words(t) for t in row if t != eos] for row in (tokens * mask).tolist()]  # PTB words already
-        scores = self._reward.score_batch(captions, image_ids)
-        return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device)
+        if self._reward is None:  # the training references, prepared once
+            references = self.trainer.datamodule.references("train")
+            self._reward = scst.CiderReward(references, self.tokenizer.tokenizer.id_to_token, self.tokenizer.eos_id)
+        return self._reward(tokens, mask, image_ids)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._step_started, self._reward_seconds = time.perf_counter(), 0.0

@@ -10,8 +10,37 @@ caption's log-probability counts every sampled token up to and including the end
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
 import torch
 from torch import Tensor
+
+from captioning.metrics.cider import CiderD
+
+
+class CiderReward:
+    """CIDEr-D of sampled captions against their images' references, with the document frequencies of those
+    references: tokenized, counted and weighted once, so that each step only counts the samples' n-grams.
+
+    Args:
+        references: {image_id: [caption, ...]}, e.g. the training references.
+        id_to_token: the vocabulary's word of a token id (PTB words, as the references are tokenized).
+        eos_id: the end token.
+    """
+
+    def __init__(self, references: Mapping[Hashable, Sequence[str]], id_to_token: Callable[[int], str], eos_id: int):
+        self.cider = CiderD(references)
+        self.id_to_token, self.eos_id = id_to_token, eos_id
+
+    def __call__(self, tokens: Tensor, mask: Tensor, image_ids: Sequence[Hashable]) -> Tensor:
+        """Rewards (R,) of captions `tokens` (R, L) whose words are the `mask`ed positions (end token aside)."""
+        lengths = mask.sum(dim=1).tolist()
+        words = [
+            [self.id_to_token(t) for t in row[:n] if t != self.eos_id]
+            for row, n in zip(tokens.tolist(), lengths, strict=True)
+        ]
+        scores = self.cider.score_batch(words, image_ids)
+        return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device)
 
 
 def leave_one_out_baseline(rewards: Tensor, samples_per_image: int) -> Tensor:
@@ -62,7 +91,7 @@ def sequence_log_probs(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Te
     """
     log_probs = logits.float().log_softmax(dim=-1)  # (R, L, V)
     token_log_probs = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)  # (R, L)
-    total = (token_log_probs * mask).sum(dim=1)
+    total = token_log_probs.masked_fill(~mask, 0.0).sum(dim=1)  # padding may be a banned token: -inf, not 0 x -inf
     with torch.no_grad():
         p_log_p = log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # 0 where p is 0
         entropy = -(p_log_p.sum(dim=-1) * mask).sum() / mask.sum().clamp(min=1)

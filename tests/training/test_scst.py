@@ -23,6 +23,18 @@ def test_a_samples_own_reward_never_enters_its_baseline():
     assert (moved[[0, 2]] != baselines[[0, 2]]).all() and torch.equal(moved[3:], baselines[3:])  # others' did
 
 
+def test_reward_is_the_cider_d_of_the_words_before_the_end_token():
+    references = {7: ["There's a red circle.", "A red circle on grey."], 8: ["Two blue squares.", "two blue squares"]}
+    words = ["[PAD]", "[BOS]", "[EOS]", "there", "'s", "a", "red", "circle", "two", "blue", "squares"]
+    reward = scst.CiderReward(references, words.__getitem__, EOS)
+    tokens = torch.tensor([[3, 4, 5, 6, 7, EOS, PAD, PAD], [8, 9, 10, EOS, PAD, PAD, PAD, PAD], [8, 9, 10, EOS] * 2])
+    mask, _ = scst.caption_mask(tokens, EOS)
+    rewards = reward(tokens, mask, [7, 8, 7])
+    direct = reward.cider.score_batch(["there 's a red circle", "two blue squares", "two blue squares"], [7, 8, 7])
+    assert torch.allclose(rewards, torch.tensor(direct, dtype=torch.float32))  # padding and what follows the end
+    assert rewards[0] > 1 and rewards[1] > 1 and rewards[2] == 0  # token are not words; the wrong image earns 0
+
+
 def test_the_end_token_is_part_of_the_log_probability_and_padding_is_not():
     tokens = torch.tensor([[5, 6, EOS, PAD, PAD], [7, 7, 7, 7, 7]])  # the second caption never ended
     mask, ended = scst.caption_mask(tokens, EOS)
@@ -34,6 +46,9 @@ def test_the_end_token_is_part_of_the_log_probability_and_padding_is_not():
     assert torch.allclose(log_probs[0], per_token[0, :3].sum())  # words and the end token, not the padding
     assert torch.allclose(log_probs[1], per_token[1].sum())
     assert 0 < entropy < torch.log(torch.tensor(10.0))
+    banned = logits.detach().index_fill(-1, torch.tensor([PAD]), float("-inf"))  # padding is never written
+    log_probs, entropy = scst.sequence_log_probs(banned, tokens, mask)
+    assert log_probs.isfinite().all() and entropy.isfinite()
 
 
 def test_entropy_ignores_tokens_the_policy_cannot_write():
