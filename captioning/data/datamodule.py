@@ -107,6 +107,7 @@ class CaptionDataModule(LightningDataModule):
         shapes_split_sizes: shapes: number of images per split.
         shapes_level: shapes: "basic" (one to three shapes on plain grey, lower-case template captions) or "hard"
             (two to six shapes in counted groups on textured backgrounds, captions written as people write them).
+        predict_split: the split that `captioning predict` captions into predictions.json.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class CaptionDataModule(LightningDataModule):
         shapes_image_size: int = 128,
         shapes_split_sizes: dict[str, int] | None = None,
         shapes_level: Literal["basic", "hard"] = "basic",
+        predict_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -160,7 +162,8 @@ class CaptionDataModule(LightningDataModule):
         return load_coco_captions(hp.annotations[split], hp.images[split])
 
     def setup(self, stage: str) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        predict = (self.hparams.predict_split,)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}[stage]
         for split in needed:
             if split not in self.datasets:
                 transform = build_transform(
@@ -180,21 +183,9 @@ class CaptionDataModule(LightningDataModule):
         {"grounded_accuracy": ...}); {} for datasets without one."""
         if self.hparams.dataset != "shapes" or not captions:
             return {}
-        scenes = {record.image_id: record.scene for record in self._records(split)}
+        records = self.datasets[split].records if split in self.datasets else self.load_records(split)
+        scenes = {record.image_id: record.scene for record in records}
         return {"grounded_accuracy": SHAPES_LEVELS[self.hparams.shapes_level].grounded_accuracy(captions, scenes)}
-
-    def scenes(self, split: str) -> dict | None:
-        """Deprecated, for training code that checks basic shapes captions itself: use `check_captions`.
-
-        Ground-truth scenes by image id for the basic shapes level; None otherwise, since the basic check cannot
-        read the counts of the hard level's captions.
-        """
-        if self.hparams.dataset != "shapes" or self.hparams.shapes_level != "basic":
-            return None
-        return {record.image_id: record.scene for record in self._records(split)}
-
-    def _records(self, split: str) -> list[ImageRecord]:
-        return self.datasets[split].records if split in self.datasets else self.load_records(split)
 
     def train_dataloader(self) -> DataLoader:
         if self.tokenizer is None:
@@ -209,7 +200,7 @@ class CaptionDataModule(LightningDataModule):
         return self._loader("test", self.hparams.eval_batch_size, _collate_images)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self._loader(self.hparams.predict_split, self.hparams.eval_batch_size, _collate_images)
 
     def _loader(self, split: str, batch_size: int, collate, shuffle: bool = False) -> DataLoader:
         workers = self.hparams.num_workers

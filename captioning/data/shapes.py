@@ -4,6 +4,7 @@ One to three coloured shapes per image; captions name colour, kind, size, positi
 ("a small red circle above a blue square"), so they cannot be guessed without looking. Each image record keeps
 its scene, so `grounded_accuracy` can check a caption against the truth. A cousin of the synthetic
 "ShapeWorld" captioning data (Kuhnle & Copestake, 2017), small enough to train on a laptop CPU in minutes.
+`write_splits` writes any setting's splits in COCO captions format; the hard setting is in shapes_hard.py.
 """
 
 from __future__ import annotations

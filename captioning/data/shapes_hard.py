@@ -3,8 +3,9 @@
 Two to six shapes in one to three groups of one colour, kind and size each, so that captions count ("two green
 triangles"); low-contrast gradient, striped or noisy backgrounds; five captions per image from varied templates,
 capitalised and punctuated, with contractions and hyphens ("There's a large red circle and two blue squares.").
-`grounded_accuracy` reads counts and plurals to check a caption against its scene. Made to leave cross-entropy
-training room for self-critical training (Rennie et al., 2017, "Self-critical Sequence Training") on a CPU.
+`grounded_accuracy` reads counts and plurals to check a caption against its scene. Built on the basic setting
+(shapes.py); hard enough that cross-entropy training on a CPU leaves room for self-critical training (Rennie et al.,
+2017, "Self-critical Sequence Training for Image Captioning") to show.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 KIND_OF_WORD = {**{kind: kind for kind in KINDS}, **{f"{kind}s": kind for kind in KINDS}}  # plurals too
 GENERATOR = {"level": "hard", "version": 1}
+TEMPLATES = ("there", "background", "total", "seeing", "picture", "plain", "place", "pair")
+SEEING = ("I can see", "you can see", "we're looking at")
+PICTURE = ("a picture of", "an image of", "a drawing of")
 
 
 def ensure_shapes(root: str | Path, image_size: int = 128, split_sizes: dict[str, int] | None = None, seed: int = 0):
@@ -123,10 +127,11 @@ def draw_scene(scene: list[dict], background: dict, image_size: int) -> Image.Im
 
 # ----------------------------------------------------------------------------------------------------- captions
 def groups_of(scene: list[dict]) -> list[dict]:
-    """The scene's groups: colour, kind, size, count and the shapes themselves."""
+    """The scene's groups, in scene order: colour, kind, size, count and the shapes themselves."""
     groups: dict[tuple, dict] = {}
     for shape in scene:
-        group = groups.setdefault((shape["colour"], shape["kind"]), {**shape, "count": 0, "shapes": []})
+        group = {"colour": shape["colour"], "kind": shape["kind"], "size": shape["size"], "count": 0, "shapes": []}
+        group = groups.setdefault((shape["colour"], shape["kind"]), group)
         group["count"] += 1
         group["shapes"].append(shape)
     return list(groups.values())
@@ -171,11 +176,6 @@ def describe(scene: list[dict], background: dict, rng: random.Random, image_size
     return [f"{caption[0].upper()}{caption[1:]}." for caption in captions]
 
 
-TEMPLATES = ("there", "background", "total", "seeing", "picture", "plain", "place", "pair")
-SEEING = ("I can see", "you can see", "we're looking at")
-PICTURE = ("a picture of", "an image of", "a drawing of")
-
-
 def _caption(template: str, scene: list[dict], background: dict, rng: random.Random, image_size: int) -> str:
     """One caption, lower-case and unpunctuated at its ends, naming every group of the scene with its count.
 
@@ -203,10 +203,10 @@ def _caption(template: str, scene: list[dict], background: dict, rng: random.Ran
         return f"{rng.choice(SEEING)} {listing(groups)}"
     if template == "picture":
         return f"{rng.choice(PICTURE)} {listing(groups)}"
-    if template == "place":  # one shape alone of its group is placed; the others are listed after it
+    if template == "place":  # a shape alone of its kind is placed; the others are listed after it
         first = next(group for group in groups if group["count"] == 1)
         others = [group for group in groups if group is not first]
-        return f"{_phrase(first, with_size)} {_place(first, image_size)}, with {listing(others)}"
+        return f"{_phrase(first, with_size)} {_place(first['shapes'][0], image_size)}, with {listing(others)}"
     if template == "pair":  # two shapes, along the axis on which they are further apart
         a, b = scene
         apart = "side-by-side" if abs(a["x"] - b["x"]) >= abs(a["y"] - b["y"]) else "one above the other"
@@ -218,8 +218,9 @@ def _caption(template: str, scene: list[dict], background: dict, rng: random.Ran
 def named_shapes(caption: str) -> Counter:
     """The (colour, kind) multiset a caption names: "two green triangles" counts (green, triangle) twice.
 
-    A count word ("a", "one" .. "six") and a colour word carry over size words to the next kind word (singular
-    or plural); any other word drops them. Works on raw captions and on lower-cased tokenized ones alike.
+    A count word ("a", "one" .. "six", 1 when there is none) and a colour word hold, across size words, until
+    the next kind word (singular or plural); any other word drops them. Works on raw captions and on lower-cased
+    tokenized ones alike ("there 's", "top-left" or "top left").
     """
     pairs, count, colour = Counter(), None, None
     for word in re.findall(r"[a-z]+", caption.lower()):

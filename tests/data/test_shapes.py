@@ -188,7 +188,6 @@ def test_check_captions_is_empty_for_a_dataset_without_ground_truth():
     data.setup("test")
     captions = {record.image_id: "a red circle" for record in data.datasets["test"].records}
     assert data.check_captions("test", captions) == {}
-    assert data.scenes("test") is None
 
 
 def test_hard_level_is_written_under_its_own_folder_beside_the_basic_one(tmp_path, monkeypatch):
