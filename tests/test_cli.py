@@ -61,7 +61,7 @@ def test_fit_on_the_real_coco_mini_set(tmp_path):
         "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1",
         "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
         f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.batch_size=8", "--data.eval_batch_size=8",
-        "--data.num_workers=0", "--data.min_word_frequency=2",
+        "--data.num_workers=0", "--data.min_word_frequency=2", "--data.dataset=coco",  # the official files
         *(f"--data.annotations.{split}={annotations}" for split in ("train", "val", "test")),
         *(f"--data.images.{split}={COCO_MINI / 'val2017'}" for split in ("train", "val", "test")),
     )  # fmt: skip

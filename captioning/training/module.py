@@ -205,13 +205,13 @@ class CaptioningModule(LightningModule):
         tokens = samples.tokens  # (B*K, L) after the start token, padded after the end token
         mask, ended = scst.caption_mask(tokens, tok.eos_id)  # (B*K, L), (B*K,)
         started = time.perf_counter()
-        rewards = self._rewards(tokens, mask, [i for i in image_ids for _ in range(K)])
+        rewards = self._reward(tokens, mask, [i for i in image_ids for _ in range(K)])
         rewards = torch.where(ended, rewards, 0.0)  # a caption cut at max_length is not a caption: no reward
         if greedy is None:
             baselines = scst.leave_one_out_baseline(rewards, K)
         else:
             greedy_mask, greedy_ended = scst.caption_mask(greedy.tokens, tok.eos_id)
-            greedy_rewards = torch.where(greedy_ended, self._rewards(greedy.tokens, greedy_mask, image_ids), 0.0)
+            greedy_rewards = torch.where(greedy_ended, self._reward(greedy.tokens, greedy_mask, image_ids), 0.0)
             baselines = greedy_rewards.repeat_interleave(K)
         self._reward_seconds += time.perf_counter() - started
 
@@ -231,11 +231,10 @@ class CaptioningModule(LightningModule):
         self.log("scst/entropy", entropy, batch_size=B)
         return loss
 
-    def _rewards(self, tokens: torch.Tensor, mask: torch.Tensor, image_ids: list) -> torch.Tensor:
-        if self._reward is None:  # the training references, prepared once
+    def on_train_start(self) -> None:
+        if self.hparams.scst:  # the training references, tokenized and counted once
             references = self.trainer.datamodule.references("train")
             self._reward = scst.CiderReward(references, self.tokenizer.tokenizer.id_to_token, self.tokenizer.eos_id)
-        return self._reward(tokens, mask, image_ids)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._step_started, self._reward_seconds = time.perf_counter(), 0.0

@@ -13,9 +13,13 @@ from tests.conftest import run_cli, tiny_args
 pytestmark = pytest.mark.slow
 
 
-def test_init_from_loads_the_weights_and_architecture_but_not_the_optimizer(tmp_path, shapes_root, checkpoint):
+@pytest.mark.parametrize("baseline", ["mean", "greedy"])
+def test_init_from_loads_the_weights_and_architecture_but_not_the_optimizer(
+    tmp_path, shapes_root, checkpoint, baseline
+):
     start = torch.load(checkpoint, map_location="cpu", weights_only=True)
     args = tiny_args("fit", shapes_root, tmp_path, f"--model.init_from={checkpoint}", "--model.scst=true")
+    args += [f"--model.scst_baseline={baseline}"]
     args += ["--model.dim=64", "--model.encoder=test_resnet"]  # the checkpoint's architecture wins
     # A learning rate of 0: the weights must stay exactly those of the checkpoint, while the optimizer steps.
     result = run_cli(*args, "--model.scst_samples=3", "--model.optimizer.init_args.lr=0", "--trainer.max_epochs=1")
