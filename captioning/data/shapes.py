@@ -125,16 +125,21 @@ def draw_scene(scene: list[dict], image_size: int) -> Image.Image:
     image = Image.new("RGB", (image_size, image_size), (235, 235, 235))
     draw = ImageDraw.Draw(image)
     for shape in scene:
-        x, y, h, fill = shape["x"], shape["y"], shape["half"], COLOURS[shape["colour"]]
-        if shape["kind"] == "circle":
-            draw.ellipse([x - h, y - h, x + h, y + h], fill=fill)
-        elif shape["kind"] == "square":
-            draw.rectangle([x - h, y - h, x + h, y + h], fill=fill)
-        elif shape["kind"] == "triangle":
-            draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
-        else:
-            draw.polygon([(x, y - h), (x + h, y), (x, y + h), (x - h, y)], fill=fill)
+        draw_shape(draw, shape, COLOURS[shape["colour"]])
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: dict, fill: tuple[int, int, int]) -> None:
+    """One shape of its kind, centred at (x, y), `half` wide on each side."""
+    x, y, h = shape["x"], shape["y"], shape["half"]
+    if shape["kind"] == "circle":
+        draw.ellipse([x - h, y - h, x + h, y + h], fill=fill)
+    elif shape["kind"] == "square":
+        draw.rectangle([x - h, y - h, x + h, y + h], fill=fill)
+    elif shape["kind"] == "triangle":
+        draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
+    else:
+        draw.polygon([(x, y - h), (x + h, y), (x, y + h), (x - h, y)], fill=fill)
 
 
 def _phrase(shape: dict, with_size: bool) -> str:
@@ -192,13 +197,16 @@ def named_shapes(caption: str) -> Counter:
     return pairs
 
 
-def caption_matches_scene(caption: str, scene: list[dict]) -> bool:
-    """True when the caption names the colour and kind of every shape in the scene, and no other shape."""
-    return named_shapes(caption) == Counter((s["colour"], s["kind"]) for s in scene)
+def caption_matches_scene(caption: str, scene: list[dict], read: Callable[[str], Counter] = named_shapes) -> bool:
+    """True when the caption names the colour and kind of every shape in the scene, and no other shape.
+
+    `read` gives the (colour, kind) pairs a caption names, counted; the hard setting's reader understands counts.
+    """
+    return read(caption) == Counter((s["colour"], s["kind"]) for s in scene)
 
 
-def grounded_accuracy(captions: dict, scenes: dict) -> float:
+def grounded_accuracy(captions: dict, scenes: dict, read: Callable[[str], Counter] = named_shapes) -> float:
     """Share of images whose caption names the colour and kind of every shape in their scene correctly."""
     if not captions:
         return 0.0
-    return sum(caption_matches_scene(captions[i], scenes[i]) for i in captions) / len(captions)
+    return sum(caption_matches_scene(captions[i], scenes[i], read) for i in captions) / len(captions)

@@ -14,12 +14,14 @@ import math
 import random
 import re
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioning.data.shapes import COLOURS, KINDS, SPLIT_SIZES, write_splits
+from captioning.data import shapes
+from captioning.data.shapes import COLOURS, KINDS, SPLIT_SIZES, draw_shape, write_splits
 
 SIZES = {"small": 0.075, "large": 0.12}  # half-width as a share of the image side, before a +-15% jitter
 BACKGROUNDS = {  # the words that describe each texture
@@ -111,16 +113,8 @@ def draw_scene(scene: list[dict], background: dict, image_size: int) -> Image.Im
     image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for shape in scene:
-        x, y, h = shape["x"], shape["y"], shape["half"]
         fill = tuple(int(np.clip(c + noise.integers(-12, 13), 0, 255)) for c in COLOURS[shape["colour"]])
-        if shape["kind"] == "circle":
-            draw.ellipse([x - h, y - h, x + h, y + h], fill=fill)
-        elif shape["kind"] == "square":
-            draw.rectangle([x - h, y - h, x + h, y + h], fill=fill)
-        elif shape["kind"] == "triangle":
-            draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
-        else:
-            draw.polygon([(x, y - h), (x + h, y), (x, y + h), (x - h, y)], fill=fill)
+        draw_shape(draw, shape, fill)
     pixels = np.asarray(image, dtype=np.float32) + noise.normal(0, 4, (image_size, image_size, 3))
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
@@ -236,13 +230,6 @@ def named_shapes(caption: str) -> Counter:
     return pairs
 
 
-def caption_matches_scene(caption: str, scene: list[dict]) -> bool:
-    """True when the multiset of (colour, kind) the caption names equals the scene's."""
-    return named_shapes(caption) == Counter((s["colour"], s["kind"]) for s in scene)
-
-
-def grounded_accuracy(captions: dict, scenes: dict) -> float:
-    """Share of images whose caption names exactly their scene's shapes, with the right counts."""
-    if not captions:
-        return 0.0
-    return sum(caption_matches_scene(captions[i], scenes[i]) for i in captions) / len(captions)
+# a caption is right when the multiset of (colour, kind) that it names, counts included, equals the scene's
+caption_matches_scene = partial(shapes.caption_matches_scene, read=named_shapes)
+grounded_accuracy = partial(shapes.grounded_accuracy, read=named_shapes)
