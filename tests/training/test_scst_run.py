@@ -37,3 +37,15 @@ def test_init_from_loads_the_weights_and_architecture_but_not_the_optimizer(
     logged = {key for row in rows for key, value in row.items() if value}
     assert {"scst/reward", "scst/baseline", "scst/advantage_std", "scst/entropy", "scst/sample_length"} <= logged
     assert {"scst/reward_time_share", "val/CIDEr"} <= logged
+
+
+def test_scst_trains_under_ddp_with_two_processes(tmp_path, shapes_root, checkpoint):
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=1"]
+    args = tiny_args("fit", shapes_root, tmp_path, f"--model.init_from={checkpoint}", "--model.scst=true", *ddp)
+    result = run_cli(*args, "--model.scst_samples=3", "--test_after_fit=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = (tmp_path / "shapes").iterdir()
+    end = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    start = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert end["global_step"] == 96 // 16 // 2  # each process took half of the batches
+    assert any(not torch.equal(end["state_dict"][k], start["state_dict"][k]) for k in start["state_dict"])
