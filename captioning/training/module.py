@@ -155,8 +155,8 @@ class CaptioningModule(LightningModule):
         groups = parameter_groups(self.model, hp.encoder_lr_scale, hp.layer_decay)
         optimizer = self.optimizer_factory(groups)
         apply_lr_scales(optimizer)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        frozen_steps = hp.encoder_frozen_epochs * total // max(1, self.trainer.max_epochs or 1)
+        total = max(1, self.trainer.estimated_stepping_batches)  # sets up the training data, so its length is known
+        frozen_steps = hp.encoder_frozen_epochs * self._steps_per_epoch() if hp.encoder_frozen_epochs else 0
         warmup, floor = hp.warmup_steps, hp.min_lr_ratio
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to `floor`
@@ -169,6 +169,13 @@ class CaptioningModule(LightningModule):
         lambdas = [lambda step, g=g: schedule(step) * frozen_encoder_factor(g, step, frozen_steps) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch, as Lightning counts them (not total / max_epochs: max_steps may cut a run)."""
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError("model.encoder_frozen_epochs needs training data of known length (epochs to count)")
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int):

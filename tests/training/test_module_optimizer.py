@@ -35,7 +35,9 @@ def changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_encoder_holds_still_for_its_frozen_epochs_and_learns_at_its_share_afterwards(shapes_root, one_thread):
+# 96 images in batches of 16: 6 steps an epoch; max_steps may end the run before max_epochs, not change an epoch
+@pytest.mark.parametrize("length", [{"max_epochs": 2}, {"max_epochs": 3, "max_steps": 9}], ids=["epochs", "steps"])
+def test_encoder_holds_still_for_its_frozen_epochs_and_learns_at_its_share_afterwards(shapes_root, one_thread, length):
     L.seed_everything(0, verbose=False)
     data = CaptionDataModule(
         root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, encoder=TINY_MODEL["encoder"],
@@ -47,7 +49,7 @@ def test_encoder_holds_still_for_its_frozen_epochs_and_learns_at_its_share_after
     )  # fmt: skip
     snapshots = Snapshots()
     trainer = L.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        **length, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[snapshots],
     )  # fmt: skip
     trainer.fit(module, data)
