@@ -3,7 +3,14 @@
 `from captioning import Captioner` loads a trained checkpoint and captions images.
 """
 
-from captioning.inference import Caption, Captioner
-
 __all__ = ["Caption", "Captioner"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `captioning --help` and the command-line tools start without torch.
+    if name in __all__:
+        from captioning import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'captioning' has no attribute '{name}'")

@@ -79,3 +79,9 @@ class CaptioningCLI(LightningCLI):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def main(argv: list[str], pass_args: bool = True) -> int:
+    """Runs a Lightning subcommand (`argv` starts with it); without `pass_args`, LightningCLI reads sys.argv."""
+    CaptioningCLI(args=argv if pass_args else None)
+    return 0
