@@ -19,6 +19,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's file is private (0600); the result is as any file written
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -28,6 +29,12 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -23,6 +23,10 @@ from captioning.metrics.rouge import lcs_lengths, rouge_l
 from captioning.metrics.spice import spice_scores
 from captioning.metrics.tokenize import tokenize_captions, tokenize_lines
 
+
+class MetricLeftOut(UserWarning):
+    """A metric that cannot run here (no Java, no jar): its message says why and how to enable it, in one line."""
+
 BLEU_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
 FAMILIES = {"BLEU": BLEU_KEYS, "METEOR": ["METEOR"], "ROUGE_L": ["ROUGE_L"], "CIDEr": ["CIDEr"], "SPICE": ["SPICE"]}
 _ALIASES = {"bleu": "BLEU", "meteor": "METEOR", "rouge": "ROUGE_L", "rouge_l": "ROUGE_L", "rouge-l": "ROUGE_L"}
@@ -175,7 +179,7 @@ class CaptionScorer:
         try:
             overall[key], table[key] = run()
         except Unavailable as err:
-            warnings.warn(f"{key} left out: {err}", stacklevel=3)
+            warnings.warn(f"{key} left out: {err}", MetricLeftOut, stacklevel=3)
 
     def _cider_scores(self, counts, images: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if len(np.unique(images)) == len(self.image_ids):
