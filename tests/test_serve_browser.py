@@ -1,0 +1,92 @@
+"""The demo page in a real browser: headless Chromium driven by Playwright, against `captioning serve`.
+
+Uploads an image, waits for the caption, hovers words and checks that the heat map on the canvas changes, plays the
+animation, uploads a broken file and checks the error shown, and saves a screenshot in the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import broken_images
+from tests.test_serve import post_image, running_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None and not Path(CHROMIUM).exists():
+        pytest.skip("neither Playwright (pip install playwright) nor Chromium (apt-get install chromium) is installed")
+    # With one of the two present, a missing other is a broken setup: fail and say which.
+    assert sync_playwright is not None, "Playwright is not installed: pip install playwright"
+    assert Path(CHROMIUM).exists(), "Chromium is not installed: apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("serve-browser") / "server.log") as address:
+        yield address
+
+
+def canvas_pixels(page) -> str:
+    return page.eval_on_selector("#view", "canvas => canvas.toDataURL()")
+
+
+@pytest.mark.slow
+def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_broken_file(
+    browser, server, tiny_checkpoint, tmp_path
+):
+    image = sorted((tiny_checkpoint.parent / "shapes" / "test").glob("*.png"))[0]
+    status, expected = post_image(server, image.read_bytes(), image.name)
+    assert status == 200
+    page = browser.new_page(viewport={"width": 900, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://{server[0]}:{server[1]}/")
+
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#caption .word", timeout=60_000)
+    words = page.locator("#caption .word")
+    assert words.all_inner_texts() == expected["words"]
+    assert page.inner_text("#score") == f"{expected['score']:.3f}"
+
+    plain = canvas_pixels(page)
+    words.nth(0).hover()
+    first = canvas_pixels(page)
+    words.nth(words.count() - 1).hover()
+    last = canvas_pixels(page)
+    assert page.get_attribute("#view", "data-word") == str(words.count() - 1)
+    assert first != plain and last != first  # each word dims the image by its own map
+    assert "active" in (words.nth(words.count() - 1).get_attribute("class") or "")
+
+    page.mouse.move(0, 0)  # off the words: the plain image again
+    words.nth(1).click()  # pinned
+    page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
+    assert (tmp_path / "serve-page.png").stat().st_size > 0
+
+    page.click("#play")
+    assert page.inner_text("#play") == "Stop"
+    page.wait_for_function("document.querySelector('#view').dataset.word !== '1'", timeout=10_000)
+    page.click("#play")
+    assert page.inner_text("#play") == "Play"
+
+    broken = broken_images(tmp_path)["truncated.jpg"]
+    page.set_input_files("#file", str(broken))
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    message = page.inner_text("#error")
+    assert "422" in message and "truncated.jpg" in message and "cannot read image" in message
+    assert page.is_hidden("#result")
+    assert errors == []
+    page.close()
