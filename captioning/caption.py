@@ -175,7 +175,7 @@ class _Output:
             show = total >= PROGRESS_MIN_IMAGES and sys.stderr.isatty()
         self.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True, disable=not show)
         self.format = format
-        self.failures = self.captioned = 0
+        self.failures = self.captioned = self.warnings = 0
 
     def _write(self, line: str, file: TextIO) -> None:
         if self.bar.disable:
@@ -185,10 +185,15 @@ class _Output:
 
     def caption(self, path: Path, caption) -> None:
         if self.format == "jsonl":
-            line = json.dumps({"image": str(path), "caption": caption.text, "score": round(caption.score, 4)})
+            record = {"image": str(path), "caption": caption.text, "score": round(caption.score, 4)}
+            line = json.dumps({**record, "ended": caption.ended})
         else:
             line = f"{path}\t{caption.text}"
         self._write(line, sys.stdout)
+        if not caption.ended:
+            self.warnings += 1
+            self._write(f"warning: {path}: the caption reached the length limit without ending; the image may be "
+                        "unlike the model's training data", sys.stderr)  # fmt: skip
         self.captioned += 1
         self.bar.update()
 

@@ -43,6 +43,8 @@ class Caption:
             weights, not renormalised: with `prefix_attention` they sum to 1 over the whole memory.
         prefix_attention: with return_attention, (L, nh, T, P) the weights on the P memory tokens that are off the
             grid (class and register tokens of a ViT; P = 0 for CNN trunks).
+        ended: False when decoding hit the length limit before the end token: the cheapest sign that an image is
+            unlike the training data (a shapes model given a photo writes "large large large ...").
     """
 
     text: str
@@ -51,6 +53,7 @@ class Caption:
     words: list[str] = field(default_factory=list)
     cross_attention: Tensor | None = field(default=None, repr=False, compare=False)
     prefix_attention: Tensor | None = field(default=None, repr=False, compare=False)
+    ended: bool = True
 
     @property
     def attention_map(self) -> Tensor | None:
@@ -89,6 +92,23 @@ class Captioner:
         config.pretrained = False  # the checkpoint holds the trained weights
         model = CaptioningModel(config)
         model.load_state_dict(state)
+        return cls(model, tokenizer, device)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> Captioner:
+        """Loads a folder written by `captioning export --format safetensors` (safetensors: nothing is unpickled).
+
+        Args:
+            folder: holds model.safetensors, config.json and tokenizer.json.
+            device: e.g. "cpu" or "cuda" (default: cuda when available).
+        """
+        from captioning.export import load_pretrained_model  # the export format lives beside its writer
+
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as error:
+            raise ValueError(f"unknown device '{device}' ({error})") from None
+        model, tokenizer = load_pretrained_model(folder)
         return cls(model, tokenizer, device)
 
     def preprocess(self, image: ImageInput) -> Tensor:
@@ -190,7 +210,8 @@ class Captioner:
         for row, score in zip(generated.tokens.tolist(), generated.scores.tolist(), strict=True):
             ids = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
             ids = [i for i in ids if i != tok.pad_id]
-            captions.append(Caption(tok.decode(ids), ids, score, [tok.id_to_word(i) for i in ids]))
+            words = [tok.id_to_word(i) for i in ids]
+            captions.append(Caption(tok.decode(ids), ids, score, words, ended=tok.eos_id in row))
         return captions
 
     def _add_attention(self, memory: Tensor, captions: list[Caption]) -> None:

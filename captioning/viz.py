@@ -1,4 +1,6 @@
-"""Cross-attention made visible: each word's attention on the encoder's grid, laid over the image as a heat map.
+"""Cross-attention made visible: each word's attention on the encoder's grid, shown on the image by dimming where the
+word does not look. The image keeps its own colours where it does: a heat map laid over a picture recolours it (jet
+turns a yellow triangle green), which misleads for a model whose job is to name colours.
 
 A grid figure with one panel per word, and a GIF that steps through the caption word by word (as the figures of Xu
 et al., 2015, "Show, Attend and Tell"). The whole image is resized to the model's square input without cropping, so
@@ -11,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import LinearSegmentedColormap, PowerNorm
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
@@ -27,7 +28,7 @@ from captioning.files import write_atomic
 from captioning.inference import Caption
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
-CMAP = "jet"
+DIM = 0.25  # brightness kept where a word looks no more than an even spread
 
 
 def word_maps(caption: Caption, layer: int | None = None, head: int | None = None) -> Tensor:
@@ -113,31 +114,34 @@ def _as_image(image: ImageLike) -> Image.Image:
 def overlay(
     image: np.ndarray,
     attention: np.ndarray,
-    alpha: float = 0.6,
-    cmap: str = CMAP,
+    dim: float = DIM,
     vmin: float = 0.0,
     vmax: float | None = None,
 ) -> np.ndarray:
-    """Lays a heat map over an image: colour where the word looks, the image itself where it does not.
+    """Shows where a word looks by dimming the image elsewhere: full brightness and the image's own colours at the
+    word's focus, `dim` of its brightness where it does not look.
 
     Args:
         image: (height, width, 3) uint8.
         attention: (height, width) non-negative map.
-        alpha: opacity of the heat at `vmax`.
-        cmap: matplotlib colormap name.
-        vmin: values up to this one leave the image as it is (e.g. the value of an even spread).
-        vmax: the value drawn at full heat (default: the map's own peak). Give all words of a caption the same
-            `vmax` to compare them: a word that looks everywhere then stays cool instead of glowing all over.
+        dim: brightness kept where the map is at or below `vmin` (0: black, 1: no dimming at all).
+        vmin: values up to this one are dimmed fully (e.g. the value of an even spread).
+        vmax: the value shown at full brightness (default: the map's own peak). Give all words of a caption the same
+            `vmax` to compare them: a word that looks everywhere then stays dim instead of lighting up all over.
 
     Returns:
-        (height, width, 3) uint8.
+        (height, width, 3) uint8: the image scaled by a brightness between `dim` and 1 (square root of the level, so
+        that a mild focus shows), never recoloured.
     """
     peak = attention.max() if vmax is None else vmax
     level = ((attention - vmin) / (peak - vmin)).clip(0, 1) if peak > vmin else np.zeros(attention.shape)  # (h, w)
-    heat = matplotlib.colormaps[cmap](level)[..., :3]  # (h, w, 3) in [0, 1]
-    a = (alpha * np.sqrt(level))[..., None]  # (h, w, 1): opaque enough to see a mild focus, none where there is none
-    mixed = (1 - a) * (image.astype(np.float32) / 255) + a * heat
-    return (mixed.clip(0, 1) * 255).round().astype(np.uint8)
+    brightness = (dim + (1 - dim) * np.sqrt(level))[..., None]  # (h, w, 1)
+    return (image.astype(np.float32) * brightness).clip(0, 255).round().astype(np.uint8)
+
+
+def brightness_scale(dim: float = DIM) -> LinearSegmentedColormap:
+    """The colour scale of `overlay`: from `dim` grey (no attention) to white (full attention)."""
+    return LinearSegmentedColormap.from_list("brightness", [(dim, dim, dim), (1.0, 1.0, 1.0)])
 
 
 def _uniform_units(caption: Caption, layer: int | None, head: int | None, size: tuple[int, int]) -> np.ndarray:
@@ -166,8 +170,7 @@ def attention_figure(
     head: int | None = None,
     columns: int = 4,
     panel_inches: float = 2.6,
-    alpha: float = 0.6,
-    cmap: str = CMAP,
+    dim: float = DIM,
     shared_scale: bool = True,
     max_side: int = 512,
 ) -> Figure:
@@ -179,8 +182,7 @@ def attention_figure(
         layer, head: which attention to show (see `word_maps`); default the average over all.
         columns: panels per row.
         panel_inches: width of a panel in inches (the height follows the image's aspect ratio).
-        alpha: opacity of the heat map at its peak.
-        cmap: matplotlib colormap.
+        dim: brightness kept where a word does not look (see `overlay`).
         shared_scale: draw all words on one colour scale (default), so that their maps compare; False scales
             each map to its own peak, which shows where even a diffuse word looks most.
         max_side: the image is drawn at most this many pixels on its long side (larger photos are scaled down).
@@ -202,14 +204,14 @@ def attention_figure(
     axes[0].imshow(pixels)
     axes[0].set_title("image", fontsize=10)
     for ax, word, attention in zip(axes[1:], caption.words, maps, strict=False):
-        ax.imshow(overlay(pixels, attention, alpha, cmap, 1.0, vmax))
+        ax.imshow(overlay(pixels, attention, dim, 1.0, vmax))
         ax.set_title(word, fontsize=12, fontweight="bold")
     for ax in axes:
         ax.set_axis_off()
     if vmax and vmax > 1:
-        scale = ScalarMappable(Normalize(1.0, vmax), cmap)
+        scale = ScalarMappable(PowerNorm(0.5, 1.0, vmax), brightness_scale(dim))  # overlay's square-root levels
         bar = figure.colorbar(scale, ax=axes.tolist(), location="bottom", shrink=0.4, aspect=40, pad=0.01)
-        bar.set_label("attention per pixel, as a multiple of an even spread (1: no colour)", fontsize=9)
+        bar.set_label("brightness kept: attention per pixel, as a multiple of an even spread", fontsize=9)
     which = f"{'all layers' if layer is None else f'layer {layer}'}, {'all heads' if head is None else f'head {head}'}"
     figure.suptitle(f"{caption.text or '(empty caption)'}\ncross-attention of each word ({which})", fontsize=11)
     return figure
@@ -221,8 +223,7 @@ def attention_frames(
     *,
     layer: int | None = None,
     head: int | None = None,
-    alpha: float = 0.6,
-    cmap: str = CMAP,
+    dim: float = DIM,
     shared_scale: bool = True,
     max_side: int = 384,
     min_side: int = 256,
@@ -252,7 +253,7 @@ def attention_frames(
     so_far = figure.text(0.5, 12 / (h + strip), "", ha="center", va="center", fontsize=9, color="0.35")
     frames = []
     for t, (word, attention) in enumerate(zip(words, maps, strict=True)):
-        shown.set_data(pixels if attention is None else overlay(pixels, attention, alpha, cmap, 1.0, vmax))
+        shown.set_data(pixels if attention is None else overlay(pixels, attention, dim, 1.0, vmax))
         current.set_text(word or "(empty caption)")
         so_far.set_text(_fit(" ".join(words[: t + 1]), w))
         canvas.draw()

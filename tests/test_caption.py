@@ -81,6 +81,20 @@ def test_jsonl_beam_and_sampling_options(checkpoint, shapes_images):
     assert len(first.stdout.splitlines()) == 6
 
 
+def test_a_caption_cut_at_the_length_limit_gets_a_warning_naming_its_image(checkpoint, shapes_images, capsys):
+    """Two words at least, in two tokens at most: no caption can end, and each image says so on stderr."""
+    images = sorted(map(str, shapes_images.glob("*.png")))[:3]
+    assert main(["--checkpoint", str(checkpoint), "--max-length", "2", "--min-length", "2", *images]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 3
+    warnings = err.splitlines()
+    assert len(warnings) == 3 and all(w.startswith(f"warning: {i}: the caption reached the length limit") for w, i in
+                                      zip(warnings, images, strict=True))  # fmt: skip
+    assert main(["--checkpoint", str(checkpoint), "--format", "jsonl", *images]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and all(json.loads(line)["ended"] for line in out.splitlines())  # a trained model ends
+
+
 def test_progress_bar_keeps_result_and_error_lines_whole(checkpoint, shapes_images, tmp_path, capsys):
     missing = tmp_path / "missing.png"
     code = main(["--checkpoint", str(checkpoint), "--progress", "--batch-size", "8", str(shapes_images), str(missing)])

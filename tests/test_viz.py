@@ -28,6 +28,7 @@ from captioning.viz import (
     attention_figure,
     attention_frames,
     box_mask,
+    overlay,
     resize_maps,
     save_attention,
     share_in_box,
@@ -91,11 +92,26 @@ def one_hot_caption(words: list[str], cells: list[tuple[int, int]], grid: tuple[
     return Caption(" ".join(words), list(range(len(words))), -1.0, words, weights, torch.zeros(2, 2, len(words), 0))
 
 
-def heat_centre(image: np.ndarray, heated: np.ndarray) -> tuple[float, float]:
-    """(x, y) centre of the pixels that the overlay changed, weighted by how much."""
-    change = np.abs(heated.astype(float) - image.astype(float)).sum(-1)  # (h, w)
-    ys, xs = np.indices(change.shape)
-    return float((xs * change).sum() / change.sum()), float((ys * change).sum() / change.sum())
+def heat_centre(image: np.ndarray, shown: np.ndarray) -> tuple[float, float]:
+    """(x, y) centre of the pixels that the overlay kept brighter than its dimmest, weighted by how much."""
+    kept = shown.astype(float).sum(-1) / np.maximum(image.astype(float).sum(-1), 1)  # (h, w) brightness kept
+    lit = kept - kept.min()
+    ys, xs = np.indices(lit.shape)
+    return float((xs * lit).sum() / lit.sum()), float((ys * lit).sum() / lit.sum())
+
+
+def test_the_overlay_keeps_the_colours_of_what_the_word_looks_at():
+    """Where a word looks the pixels are the image's own; elsewhere only darker, never another hue."""
+    yellow = np.zeros((40, 40, 3), dtype=np.uint8)
+    yellow[...] = (230, 200, 20)
+    attention = np.ones((40, 40))
+    attention[10:20, 10:20] = 50.0  # the word looks here
+    shown = overlay(yellow, attention, vmin=1.0).astype(int)
+    np.testing.assert_array_equal(shown[10:20, 10:20], yellow[10:20, 10:20])  # the focus: untouched
+    dimmed = shown[30:, 30:].reshape(-1, 3)
+    assert (dimmed < yellow[0, 0]).all()  # elsewhere darker,
+    hue = np.broadcast_to(yellow[0, 0] / yellow[0, 0, 0], dimmed.shape)
+    np.testing.assert_allclose(dimmed / dimmed[:, :1], hue, atol=0.02)  # the same hue
 
 
 @pytest.mark.parametrize("size", [(300, 100), (100, 300), (64, 64), (1000, 17)])
