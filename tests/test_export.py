@@ -1,0 +1,146 @@
+"""`captioning export`: safetensors folders that `Captioner.from_pretrained` loads, and ONNX graphs whose
+onnxruntime greedy loop writes the torch model's captions token for token (shapes and real photos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captioning import Captioner
+from captioning.data.coco import load_coco_captions
+from captioning.data.transforms import build_transform, load_image
+from captioning.errors import UserError
+from captioning.export import export_onnx, main
+from captioning.model import CaptioningModel, ModelConfig
+from captioning.onnx_captioner import OnnxCaptioner
+from captioning.text.tokenizer import CaptionTokenizer
+from tests.conftest import COCO_MINI, TINY_MODEL, require, run_cli
+
+
+@pytest.fixture(scope="module")
+def shapes_images(tiny_checkpoint) -> list[Path]:
+    """The 32 shapes test images beside the tiny checkpoint (see tests.helpers)."""
+    return sorted((tiny_checkpoint.parent / "shapes" / "test").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported to ONNX by the command a user runs."""
+    out = tmp_path_factory.mktemp("onnx-export")
+    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = {Path(line).name for line in result.stdout.splitlines()}
+    assert written == {"encoder.onnx", "decoder_step.onnx", "config.json", "tokenizer.json"}
+    assert "max |logits difference|" in result.stderr
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rules", [{}, {"min_length": 8, "no_repeat_ngram_size": 1}, {"max_length": 5}], ids=["defaults", "rules", "cut"]
+)
+def test_onnx_greedy_captions_equal_torch_greedy_on_shapes(
+    one_thread, onnx_folder, tiny_checkpoint, shapes_images, rules
+):
+    torch_captions = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(shapes_images, 1, **rules)
+    onnx_captions = OnnxCaptioner(onnx_folder, threads=1).caption(shapes_images, **rules)
+    assert [c.tokens for c in onnx_captions] == [c.tokens for c in torch_captions]
+    assert [c.text for c in onnx_captions] == [c.text for c in torch_captions]
+    assert np.allclose([c.score for c in onnx_captions], [c.score for c in torch_captions], atol=1e-4)
+    assert all(len(c.tokens) >= rules.get("min_length", 1) for c in onnx_captions)  # the rules were applied
+    if rules.get("no_repeat_ngram_size") == 1:
+        assert all(len(set(c.tokens)) == len(c.tokens) for c in onnx_captions)
+
+
+def test_onnx_preprocessing_equals_the_captioner_s(onnx_folder, tiny_checkpoint, shapes_images):
+    """Paths, PIL images and arrays become the torch Captioner's input to the last bit, photos of any shape too."""
+    from PIL import Image
+
+    captioner = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    onnx_captioner = OnnxCaptioner(onnx_folder, threads=1)
+    photo = require(COCO_MINI / "val2017" / "000000000802.jpg")  # a tall photo
+    pixels = np.asarray(Image.open(shapes_images[0]).convert("RGB"))  # (H, W, 3) uint8
+    for image in [shapes_images[0], photo, Image.open(photo), pixels]:
+        assert np.array_equal(onnx_captioner.preprocess(image), captioner.preprocess(image).numpy())
+
+
+def test_safetensors_export_captions_as_the_checkpoint(one_thread, tiny_checkpoint, shapes_images, tmp_path):
+    from safetensors import safe_open
+
+    assert main(["--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as weights:
+        names = set(weights.keys())
+    assert "decoder.token_embed.weight" in names and "decoder.head.weight" not in names  # tied: stored once
+    loaded = Captioner.from_pretrained(tmp_path, device="cpu")
+    assert loaded.model.decoder.head.weight is loaded.model.decoder.token_embed.weight
+    expected = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(shapes_images[:8])
+    assert loaded.caption(shapes_images[:8]) == expected
+
+
+def test_bad_export_folder_gives_a_one_line_error_naming_the_file(tiny_checkpoint, onnx_folder, tmp_path):
+    folder = tmp_path / "export"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--out", str(folder)]) == 0
+    with pytest.raises(FileNotFoundError, match=r"encoder\.onnx: not found"):
+        OnnxCaptioner(folder)  # a safetensors export
+    cases = {}
+    cases["missing folder"] = (tmp_path / "nowhere", FileNotFoundError, "nowhere")
+    cases["an ONNX export"] = (onnx_folder, FileNotFoundError, "model.safetensors")
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])  # truncated
+    cases["truncated weights"] = (folder, UserError, "model.safetensors")
+    for name, (path, error_type, named) in cases.items():
+        with pytest.raises(error_type) as raised:
+            Captioner.from_pretrained(path, device="cpu")
+        message = str(raised.value)
+        assert named in message and "\n" not in message, (name, message)
+    (folder / "config.json").write_text('{"format": 1, "model_config": {"vocab_size": 10, "colour": "red"}}')
+    with pytest.raises(UserError, match=r"config\.json: bad model_config.*colour"):
+        Captioner.from_pretrained(folder, device="cpu")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"config\.json: not readable JSON"):
+        Captioner.from_pretrained(folder, device="cpu")
+    with pytest.raises(UserError, match=r"--out .*: is a file"):
+        main(["--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(folder / "tokenizer.json")])
+
+
+def train_on_photos(folder: Path, steps: int = 100) -> tuple[CaptioningModel, CaptionTokenizer, list[Path]]:
+    """The tiny model trained briefly (frozen random encoder, `steps` real decoder steps) on the 159 real photos."""
+    annotations = require(COCO_MINI / "annotations" / "captions_val2017_subset159.json")
+    records = load_coco_captions(annotations, COCO_MINI / "val2017")
+    tokenizer = CaptionTokenizer.train([c for r in records for c in r.captions], min_frequency=2)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, freeze_encoder=True, dropout=0.0, **TINY_MODEL)
+    torch.manual_seed(0)
+    model = CaptioningModel(config)
+    transform = build_transform(config.encoder, config.image_size)
+    with torch.no_grad():
+        images = torch.stack([transform(load_image(r.path)) for r in records])  # (159, 3, 64, 64)
+        features = model.encoder.eval()(images)  # (159, M, C_enc): frozen, computed once
+    K = 5
+    tokens = tokenizer.encode([c for r in records for c in r.captions[:K]], config.max_length)  # (159*K, T)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(len(records), (16,), generator=generator)  # (B,)
+        batch = tokens[(index[:, None] * K + torch.arange(K)).flatten()]  # (B*K, T)
+        logits = model.decoder(batch[:, :-1], model.project(features[index]))  # (B*K, T-1, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), ignore_index=tokenizer.pad_id)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), tokenizer, [r.path for r in records]
+
+
+@pytest.mark.slow
+def test_onnx_greedy_captions_equal_torch_greedy_on_real_photos(one_thread, tmp_path):
+    model, tokenizer, photos = train_on_photos(tmp_path)
+    export_onnx(model, tokenizer, tmp_path / "onnx")
+    torch_captions = Captioner(model, tokenizer, "cpu").caption(photos, beam_size=1)
+    onnx_captions = OnnxCaptioner(tmp_path / "onnx", threads=1).caption(photos)
+    assert len(onnx_captions) == len(photos) == 159
+    assert [c.tokens for c in onnx_captions] == [c.tokens for c in torch_captions]
+    assert len({c.text for c in torch_captions}) > 1  # the photos are told apart, not one caption for all
