@@ -1,23 +1,67 @@
 """Self-contained checkpoints: weights, model hyper-parameters and the tokenizer, loaded without running code.
 
 Lightning writes the checkpoint; the training module adds a "captioning" entry with the model config and the
-tokenizer, so that `Captioner.from_checkpoint` needs nothing else. Loading uses `torch.load(weights_only=True)`.
+tokenizer, so that `Captioner.from_checkpoint` needs nothing else. Every load goes through `read_checkpoint`:
+`torch.load(weights_only=True)`, which refuses pickled code instead of running it, and a one-line
+`CheckpointError` for any file that is not a readable checkpoint.
 """
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from captioning.errors import CheckpointError
 from captioning.model.captioner import ModelConfig
 from captioning.text.tokenizer import CaptionTokenizer
 
 FORMAT_VERSION = 1
+# What torch.load raises for a file that is not a checkpoint (truncated, another format, refused pickled objects).
+UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError)
 
 
 def checkpoint_metadata(config: ModelConfig, tokenizer: CaptionTokenizer) -> dict:
     return {"format": FORMAT_VERSION, "model_config": config.to_dict(), "tokenizer": tokenizer.to_json()}
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """The checkpoint's dictionary, loaded with `weights_only=True`: tensors and plain Python values only.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is truncated, not a torch checkpoint, or holds objects other than weights (such
+            as a pickled function call); nothing in it has run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except UNREADABLE as error:
+        raise unreadable(path, error) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dictionary)")
+    return checkpoint
+
+
+def unreadable(path: str | Path, error: Exception) -> CheckpointError:
+    """The one-line error for a checkpoint that torch.load(weights_only=True) failed to read."""
+    return CheckpointError(f"{path}: not a readable checkpoint ({_reason(error)})")
+
+
+def _reason(error: Exception) -> str:
+    """One line on why torch.load failed (its own messages run to a page of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        refused = next((line for line in lines if "GLOBAL" in line or "WeightsUnpickler" in line), lines[-1])
+        return f"it holds pickled code or objects other than weights, refused and not run: {refused.rstrip('.')}"
+    if isinstance(error, (KeyError, EOFError, zipfile.BadZipFile)) or not lines:
+        return "truncated, or not a torch checkpoint file"
+    return lines[0].split(". ")[0]  # the first sentence
 
 
 def load_checkpoint(path: str | Path) -> tuple[ModelConfig, CaptionTokenizer, dict[str, torch.Tensor]]:
@@ -27,16 +71,16 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, CaptionTokenizer, di
         The model config, the tokenizer and the model's state dict (keys without the "model." prefix).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get("captioning")
+    if not isinstance(meta, dict) or "model_config" not in meta or "tokenizer" not in meta:
+        raise CheckpointError(
+            f"{path}: not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)"
+        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
-    meta = checkpoint.get("captioning") if isinstance(checkpoint, dict) else None
-    if not meta or "model_config" not in meta or "tokenizer" not in meta:
-        raise ValueError(f"{path}: not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)")
-    config = ModelConfig.from_dict(meta["model_config"])
-    tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
+        config = ModelConfig.from_dict(meta["model_config"])
+        tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({_reason(error)})") from None
     state = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
     return config, tokenizer, state

@@ -3,15 +3,24 @@
 Each subcommand names the module that runs it, imported only when that subcommand runs: `captioning --help`,
 `caption` and `evaluate` start without importing Lightning. `main(args=None)` is the console-script entry point
 and can be called from tests directly.
+
+Errors: a user error (a bad path, config value or checkpoint; see `is_user_error`) is one line, `error: ...`, and
+exit status 1 (2 for a bad command line). Anything else (a bug, CUDA out of memory, an NCCL failure) keeps its full
+traceback, followed by a one-line summary, and exit status 1. CAPTIONING_DEBUG=1 shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import importlib
+import linecache
 import os
 import sys
+import traceback
 from argparse import ArgumentError
 from collections.abc import Sequence
+from pathlib import Path
+
+from captioning.errors import UserError
 
 LIGHTNING = "captioning.training.cli"
 # name: (module with `main(argv) -> int`, one-line description)
@@ -26,12 +35,43 @@ COMMANDS = {
     "export": ("captioning.export", "export a checkpoint as safetensors or ONNX"),
     "prepare": ("captioning.data.prepare", "pack a split into streamed, sharded chunks for training"),
 }
+PACKAGE = Path(__file__).resolve().parent
 
 
 def usage() -> str:
     lines = ["usage: captioning COMMAND [options]   (captioning COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<10} {description}" for name, (_, description) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether the message alone tells the user what to fix: our UserError (bad input, a bad checkpoint, a run that
+    diverged), a missing file, a bad command line or Lightning's MisconfigurationException.
+
+    Input checks written before UserError existed raise a plain ValueError: one raised by a `raise` statement of
+    this package counts too. A ValueError from inside torch or another library, or from a failed call in our own
+    code, is unexpected.
+    """
+    if isinstance(error, (UserError, FileNotFoundError, ArgumentError)):
+        return True
+    if any(cls.__name__ == "MisconfigurationException" for cls in type(error).__mro__):
+        return True
+    return isinstance(error, ValueError) and _raised_here(error)
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is a `raise` statement in this package."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    line = linecache.getline(last.filename, last.lineno).strip()
+    return Path(last.filename).resolve().is_relative_to(PACKAGE) and line.startswith("raise ")
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message as one line (multi-line messages, such as jsonargparse's, are joined)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -43,15 +83,20 @@ def main(args: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
     try:
+        module = importlib.import_module(COMMANDS[command][0])
         if module.__name__ == LIGHTNING:
             return module.main(argv, pass_args=args is not None)
         return module.main(rest)
-    except (FileNotFoundError, ValueError, RuntimeError, ArgumentError) as error:
+    except Exception as error:
         if os.environ.get("CAPTIONING_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        if is_user_error(error):
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 2 if isinstance(error, ArgumentError) else 1
+        traceback.print_exc()
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        print(f"error: unexpected {type(error).__name__} in `captioning {command}`: {first}", file=sys.stderr)
         return 1
 
 

@@ -23,7 +23,8 @@ TINY_SPLITS = {"train": 96, "val": 16, "test": 16}
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs `captioning ARGS` as a user would, in a subprocess."""
     # One thread: tiny models gain nothing from two, and lose several times over when the cores are busy.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "captioning", *args],
         cwd=cwd,

@@ -51,6 +51,7 @@ def test_both_notebooks_run_top_to_bottom_with_the_readme_command_on_trained_run
     first, second = train_viz_runs(tmp_path_factory.getbasetemp() / "viz-runs")
     scenes = json.loads((first.parents[2] / "shapes" / "annotations" / "captions_test.json").read_text())["images"]
     image = next(i for i in scenes if len(i["scene"]) >= 2)  # a scene of two or three shapes
+
     def relative(path) -> str:  # as the README writes them: runs/shapes/version_0, from the project folder
         return os.path.relpath(path, ROOT)
 
@@ -87,7 +88,7 @@ def test_both_notebooks_run_top_to_bottom_with_the_readme_command_on_trained_run
 def test_a_notebook_pointed_at_a_missing_run_says_what_to_set(tmp_path, monkeypatch):
     """The first cells alone, against an empty folder: one clear error naming the variable to set."""
     notebook = read("explore_results.ipynb")
-    loading = next(i for i, cell in enumerate(notebook.cells) if "Run(RUN)" in cell.source)
+    loading = next(i for i, cell in enumerate(notebook.cells) if "Run(project_path(RUN))" in cell.source)
     notebook.cells = notebook.cells[: loading + 1]  # up to the cell that reads the run
     monkeypatch.setenv("CAPTIONING_RUN", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -10,7 +10,8 @@ from tests.conftest import ROOT
 
 
 def test_the_python_snippet_runs_on_the_files_the_main_job_writes(tmp_path, trained_run, shapes_root):
-    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (snippet,) = [block for block in blocks if "Captioner.from_checkpoint" in block]
     (tmp_path / "runs" / "shapes").mkdir(parents=True)
     (tmp_path / "runs" / "shapes" / "version_0").symlink_to(trained_run)  # as `captioning fit` leaves them
     (tmp_path / "data").mkdir()

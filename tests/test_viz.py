@@ -47,9 +47,9 @@ VIZ_SPLITS = {"train": 1600, "val": 50, "test": 100}
 def train_viz_runs(folder: Path) -> tuple[Path, Path]:
     """Fits the viz model on shapes through the CLI, as a user would, in two runs of one training.
 
-    The first run trains 200 steps; the second resumes it from its last checkpoint up to step 300. Both are real run
-    folders (curves, config, predictions and metrics of the same test split), so the results notebook can compare
-    them. Cached: every test module of the session gets the same runs.
+    The first run trains 200 steps; a copy of it (version_1) is resumed from its last checkpoint up to step 300. Both
+    are real run folders (curves, config, predictions and metrics of the same test split), so the results notebook
+    can compare them. Cached: every test module of the session gets the same runs.
 
     Returns:
         The run folders (version_0: 200 steps, version_1: 300 steps).
@@ -72,13 +72,16 @@ def train_viz_runs(folder: Path) -> tuple[Path, Path]:
     # METEOR starts a JVM for 8 s per test run; these runs are about pictures, so it is left out (with a warning).
     env = {**os.environ, "CAPTIONING_METEOR_JAR": str(folder / "no-meteor.jar"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    resume = f"--ckpt_path={logs / 'shapes' / 'version_0' / 'checkpoints' / 'last.ckpt'}"
+    first, second = logs / "shapes" / "version_0", logs / "shapes" / "version_1"
+    resume = f"--ckpt_path={second / 'checkpoints' / 'last.ckpt'}"  # a resumed run goes on in its own folder
     for args in (["--trainer.max_epochs=4"], ["--trainer.max_epochs=6", resume]):  # 200 steps, then on to 300
+        if args[-1] == resume:
+            shutil.copytree(first, second)
         result = subprocess.run(
             [sys.executable, "-m", "captioning", *common, *args], env=env, capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    return logs / "shapes" / "version_0", logs / "shapes" / "version_1"
+    return first, second
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

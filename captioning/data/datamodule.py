@@ -7,20 +7,26 @@ the model encodes an image once for all of them. Unreadable images are skipped a
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Literal
 
 import torch
 from lightning import LightningDataModule
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from captioning.data import shapes, shapes_hard
 from captioning.data.coco import ImageRecord, load_coco_captions, load_karpathy_split
+from captioning.data.feature_cache import FeatureCache, FeatureDataset, cache_key, ensure_cache
+from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
-from captioning.data.transforms import build_transform, load_image
+from captioning.data.shapes_positions import position_scores
+from captioning.data.transforms import build_transform, data_config, load_image
 from captioning.text.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -28,6 +34,9 @@ SPLITS = ("train", "val", "test")
 # scenes it drew (`grounded_accuracy`); each has its own folder, so that switching setting never overwrites the other.
 SHAPES_LEVELS = {"basic": shapes, "hard": shapes_hard}
 SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
+# Splits that `feature_cache` serves as encoder tokens. Validation and test read images: they score what
+# `captioning caption` does (the whole model, full precision), and they run from checkpoints without a fit.
+CACHED_SPLITS = ("train",)
 
 
 class CaptionDataset(Dataset):
@@ -43,7 +52,8 @@ class CaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            image = self.transform(load_image(record.path))
+            # JPEGs are decoded at the smallest DCT scale that still covers the model's input (see transforms)
+            image = self.transform(load_image(record.path, size=getattr(self.transform, "decode_size", None)))
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             image = None
@@ -60,7 +70,7 @@ class TrainCollate:
         batch = _collate_images(items)
         captions = []
         for item in items:
-            if item["image"] is not None:
+            if _inputs(item) is not None:
                 captions += _pick(item["captions"], self.captions_per_image)
         batch["tokens"] = self.tokenizer.encode(captions, self.max_length) if captions else torch.zeros(0, 2).long()
         return batch
@@ -73,10 +83,17 @@ def _pick(captions: list[str], k: int) -> list[str]:
     return [captions[i % len(captions)] for i in range(k)]
 
 
+def _inputs(item: dict) -> torch.Tensor | None:
+    """An item's image (3, H, W), or its cached encoder tokens (M, C_enc); None when its image was unreadable."""
+    return item["features"] if "features" in item else item["image"]
+
+
 def _collate_images(items: list[dict]) -> dict:
-    good = [item for item in items if item["image"] is not None]
+    """Stacks images into "images" (B, 3, H, W), or cached tokens into "features" (B, M, C_enc)."""
+    good = [item for item in items if _inputs(item) is not None]
+    name = "features" if items and "features" in items[0] else "images"
     return {
-        "images": torch.stack([item["image"] for item in good]) if good else torch.zeros(0),
+        name: torch.stack([_inputs(item) for item in good]) if good else torch.zeros(0),
         "image_ids": [item["image_id"] for item in good],
         "skipped": len(items) - len(good),
     }
@@ -108,6 +125,12 @@ class CaptionDataModule(LightningDataModule):
         shapes_level: shapes: "basic" (one to three shapes on plain grey, lower-case template captions) or "hard"
             (two to six shapes in counted groups on textured backgrounds, captions written as people write them).
         predict_split: the split that `captioning predict` captions into predictions.json.
+        feature_cache: a folder for the frozen encoder's tokens of the training images, computed once (float16,
+            memory-mapped) and read instead of the images; rebuilt when the encoder, its weights, the image size,
+            the preprocessing or the images change. Needs model.freeze_encoder true and augment false.
+        format: "folder" reads image files (small data, the built-in sets); "litdata" streams the splits that
+            `captioning prepare` packed into LitData chunks (COCO scale, several processes and nodes).
+        streams: litdata: the packed folder or object-store URL per split, e.g. {"train": "s3://bucket/coco/train"}.
     """
 
     def __init__(
@@ -131,11 +154,19 @@ class CaptionDataModule(LightningDataModule):
         shapes_split_sizes: dict[str, int] | None = None,
         shapes_level: Literal["basic", "hard"] = "basic",
         predict_split: Literal["train", "val", "test"] = "test",
+        feature_cache: str | None = None,
+        format: Literal["folder", "litdata"] = "folder",
+        streams: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        if feature_cache and augment:
+            raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
         self.save_hyperparameters()
         self.tokenizer: CaptionTokenizer | None = None
         self.datasets: dict[str, CaptionDataset] = {}
+        self.feature_caches: dict[str, FeatureCache] = {}
+        self._train_loader: DataLoader | None = None
+        self._train_loader_state: dict | None = None  # from a checkpoint, for the next train loader
 
     @property
     def shapes_root(self) -> str:
@@ -143,12 +174,16 @@ class CaptionDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         hp = self.hparams
-        if hp.dataset == "shapes":
+        if hp.dataset == "shapes" and hp.format == "folder":
             SHAPES_LEVELS[hp.shapes_level].ensure_shapes(self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes)
 
     def load_records(self, split: str) -> list[ImageRecord]:
         """The images and captions of a split, as configured."""
         hp = self.hparams
+        if hp.format == "litdata":
+            from captioning.data.streaming import load_packed_records
+
+            return load_packed_records(self._stream(split))
         if hp.dataset == "shapes":
             return load_coco_captions(annotation_path(self.shapes_root, split), Path(self.shapes_root) / split)
         if hp.dataset == "karpathy":
@@ -169,10 +204,65 @@ class CaptionDataModule(LightningDataModule):
                 transform = build_transform(
                     self.hparams.encoder, self.hparams.image_size, train=split == "train", augment=self.hparams.augment
                 )
-                self.datasets[split] = CaptionDataset(self.load_records(split), transform)
+                self.datasets[split] = self._dataset(split, transform)
         if stage == "fit" and self.tokenizer is None:
             captions = (c for record in self.datasets["train"].records for c in record.captions)
             self.tokenizer = CaptionTokenizer.train(captions, self.hparams.min_word_frequency)
+
+    def _dataset(self, split: str, transform) -> Dataset:
+        if self.hparams.format == "folder":
+            return CaptionDataset(self.load_records(split), transform)
+        from captioning.data.streaming import CaptionStreamingDataset
+
+        # Training: a new order each epoch, the same on every process (LitData shards it); evaluation: each image once.
+        train = split == "train"
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return CaptionStreamingDataset(self._stream(split), transform, shuffle=train, drop_last=train, seed=seed)
+
+    def _stream(self, split: str) -> str:
+        if split not in (self.hparams.streams or {}):
+            raise ValueError(f"data.streams.{split} is required when data.format is 'litdata' (captioning prepare)")
+        return self.hparams.streams[split]
+
+    def fill_feature_cache(
+        self, encoder: nn.Module, forward_context: Callable[[], AbstractContextManager] = nullcontext
+    ) -> dict[str, dict]:
+        """Computes the frozen encoder's tokens of the cached splits, or reuses them when the cache's key matches.
+
+        The training module calls this on the first process before any loader is built; every process then calls
+        `open_feature_cache` with the keys it returns.
+
+        Args:
+            encoder: images (B, 3, S, S) -> tokens (B, M, C_enc), frozen, on the device to run on.
+            forward_context: the training's precision context (autocast), so tokens match the uncached path's.
+
+        Returns:
+            The cache key of each cached split.
+        """
+        hp = self.hparams
+        if hp.get("format", "folder") != "folder":
+            raise ValueError(f"data.feature_cache reads image files: it needs data.format 'folder', not '{hp.format}'")
+        keys = {}
+        for split in CACHED_SPLITS:
+            transform = build_transform(hp.encoder, hp.image_size)  # training without augmentation: as evaluation
+            config = data_config(hp.encoder, hp.image_size)
+            preprocessing = {k: config.get(k) for k in ("input_size", "mean", "std", "interpolation")}
+            preprocessing["transform"] = repr(transform)
+            images = CaptionDataset(self.datasets[split].records, transform)
+            keys[split] = cache_key(hp.encoder, encoder, hp.image_size, preprocessing, images.records)
+            folder = Path(hp.feature_cache) / split
+            self.feature_caches[split] = ensure_cache(
+                folder, keys[split], images, encoder, hp.eval_batch_size, hp.num_workers, forward_context
+            )
+        return keys
+
+    def open_feature_cache(self, keys: dict[str, dict]) -> None:
+        """Serves the cached splits from their cache (filled under `keys`) instead of from their images."""
+        for split, key in keys.items():
+            cache = self.feature_caches.get(split)
+            if cache is None or cache.key != key:
+                cache = self.feature_caches[split] = FeatureCache(Path(self.hparams.feature_cache) / split, key)
+            self.datasets[split] = FeatureDataset(self.datasets[split].records, cache)
 
     def references(self, split: str) -> dict:
         """Reference captions by image id."""
@@ -185,13 +275,34 @@ class CaptionDataModule(LightningDataModule):
             return {}
         records = self.datasets[split].records if split in self.datasets else self.load_records(split)
         scenes = {record.image_id: record.scene for record in records}
-        return {"grounded_accuracy": SHAPES_LEVELS[self.hparams.shapes_level].grounded_accuracy(captions, scenes)}
+        scores = {"grounded_accuracy": SHAPES_LEVELS[self.hparams.shapes_level].grounded_accuracy(captions, scenes)}
+        if self.hparams.shapes_level == "basic":  # its captions place shapes: "above", "in the top left"
+            scores.update(position_scores(captions, scenes, self.hparams.shapes_image_size))
+        return scores
 
     def train_dataloader(self) -> DataLoader:
         if self.tokenizer is None:
             raise RuntimeError("the datamodule has no tokenizer: setup('fit') trains one from the training captions")
         collate = TrainCollate(self.tokenizer, self.hparams.captions_per_image, self.hparams.max_length)
-        return self._loader("train", self.hparams.batch_size, collate, shuffle=True)
+        self._train_loader = self._loader("train", self.hparams.batch_size, collate, shuffle=True)
+        if self._train_loader_state is not None and hasattr(self._train_loader, "load_state_dict"):
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
+
+    def state_dict(self) -> dict:
+        """Where the training epoch stands (saved in every checkpoint), so that a resumed run continues at the next
+        batch. Lightning restores it before the first batch is drawn; its own copy, in the fit loop, only reaches a
+        loader built after the checkpoint was read, and the LR schedule's length builds the loader before that."""
+        loader = self._train_loader
+        return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_loader_state = state.get("train_loader")
+        loader = self._train_loader
+        if self._train_loader_state is not None and hasattr(loader, "load_state_dict"):  # built before the restore
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size, _collate_images)
@@ -204,11 +315,25 @@ class CaptionDataModule(LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, collate, shuffle: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
+        if self.hparams.format == "litdata":  # shuffled and sharded by LitData; its state is saved in checkpoints
+            from captioning.data.streaming import streaming_loader
+
+            return streaming_loader(self.datasets[split], batch_size, collate, workers, train=shuffle)
+        if shuffle:  # a seeded order per epoch, sharded over processes, that a checkpoint can resume mid-epoch
+            dataset = self.datasets[split]
+            return ResumableDataLoader(
+                dataset,
+                ResumableSampler(dataset),
+                batch_size=batch_size,
+                drop_last=len(dataset) > batch_size,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                collate_fn=collate,
+                pin_memory=torch.cuda.is_available(),
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             collate_fn=collate,

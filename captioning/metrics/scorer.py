@@ -27,6 +27,7 @@ from captioning.metrics.tokenize import tokenize_captions, tokenize_lines
 class MetricLeftOut(UserWarning):
     """A metric that cannot run here (no Java, no jar): its message says why and how to enable it, in one line."""
 
+
 BLEU_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
 FAMILIES = {"BLEU": BLEU_KEYS, "METEOR": ["METEOR"], "ROUGE_L": ["ROUGE_L"], "CIDEr": ["CIDEr"], "SPICE": ["SPICE"]}
 _ALIASES = {"bleu": "BLEU", "meteor": "METEOR", "rouge": "ROUGE_L", "rouge_l": "ROUGE_L", "rouge-l": "ROUGE_L"}

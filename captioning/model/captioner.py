@@ -64,6 +64,16 @@ class CaptioningModel(nn.Module):
             dropout=config.dropout,
         )
 
+    def compile_parts(self, **options) -> None:
+        """torch.compile of the encoder and of the decoder blocks; the state_dict keeps its names.
+
+        The blocks are compiled one by one rather than the decoder as a whole: they share one graph, and the parts
+        around them (embeddings, selecting the positions to score, the LM head) stay eager, as does step-by-step
+        generation (see `TextDecoder.compile_blocks`). `options` go to `torch.compile` (e.g. mode="max-autotune").
+        """
+        self.encoder.compile(**options)
+        self.decoder.compile_blocks(**options)
+
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> memory (B, M, D)."""
         return self.project(self.encoder(images))
@@ -72,14 +82,15 @@ class CaptioningModel(nn.Module):
         """Encoder tokens (B, M, C_enc) -> memory (B, M, D); apart from `encode` so cached features can skip it."""
         return self.projection(features) + self.memory_pos
 
-    def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits.
 
         Args:
             images: (B, 3, H, W).
             tokens: (B*K, T), the K captions of each image in consecutive rows.
+            mask: (B*K, T) bool, the positions to score (see `TextDecoder.forward`); None for all.
 
         Returns:
-            Logits (B*K, T, V).
+            Logits (B*K, T, V), or (N, V) at the N masked positions.
         """
-        return self.decoder(tokens, self.encode(images))
+        return self.decoder(tokens, self.encode(images), mask=mask)

@@ -80,6 +80,12 @@ class TextDecoder(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.token_embed.weight  # tied: one matrix reads and writes words
         self.apply(_init_weights)
+        self._compiled_blocks: list[nn.Module] | None = None  # a plain list: the state_dict keeps its names
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile of the blocks for whole-caption passes (training, scoring); step-by-step decoding with caches
+        stays eager, since its growing caches would recompile at every length. `options` go to torch.compile."""
+        self._compiled_blocks = [torch.compile(block, **options) for block in self.blocks]
 
     def new_caches(self) -> list[tuple[KVCache, KVCache]]:
         """Empty (self-attention, cross-attention) caches, one pair per block, for step-by-step decoding."""
@@ -98,6 +104,7 @@ class TextDecoder(nn.Module):
         memory: Tensor,
         caches: list[tuple[KVCache, KVCache]] | None = None,
         start: int = 0,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """Next-token logits.
 
@@ -106,13 +113,22 @@ class TextDecoder(nn.Module):
             memory: (B, M, D) image memory.
             caches: from `new_caches`, for incremental decoding; `start` is then the position of tokens[:, 0].
             start: position of the first token.
+            mask: (B*G, T) bool, the positions to score, e.g. those whose target is a word and not padding. The
+                blocks still see every position; the final norm and the LM head (a D x V product, the widest of the
+                step) run only where the mask is set.
 
         Returns:
-            Logits (B*G, T, V).
+            Logits (B*G, T, V), or (N, V) at the N masked positions in row-major order.
         """
         x = self.embed(tokens, start)
-        for i, block in enumerate(self.blocks):
-            x = block(x, memory, caches[i] if caches is not None else None)
+        if caches is None:
+            for block in self._compiled_blocks or self.blocks:
+                x = block(x, memory)
+        else:
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x = block(x, memory, cache)
+        if mask is not None:
+            x = x[mask]  # (B*G, T, D) -> (N, D)
         return self.head(self.norm(x))
 
     def forward_with_attention(self, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,6 +1,7 @@
-"""Checkpoints written atomically: to a temporary file first, then renamed over the old one.
+"""Checkpoints written atomically and durably: into a partial file beside the target, fsynced, then renamed over it.
 
-A run killed while saving keeps its previous `last.ckpt` intact, so it can always resume.
+A run killed while saving keeps its previous `last.ckpt` intact, so it can always resume; a write that fails (a full
+disk) removes its partial file, leaves the previous checkpoint as it was, and stops training with a one-line error.
 """
 
 from __future__ import annotations
@@ -9,12 +10,62 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from captioning.checkpoint import UNREADABLE, unreadable
+from captioning.errors import UserError
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint that could not be written (disk full, no permission, quota): the message names the file."""
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Makes a rename in `folder` durable: without it, a power cut can bring back the old directory entry."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):  # object stores write whole objects
+            return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # the bytes are on disk before the name points at them
+            os.replace(partial, path)
+        except BaseException as error:
+            partial.unlink(missing_ok=True)
+            if not isinstance(error, OSError):
+                raise
+            kept = f"; the previous {path.name} is left as it was" if path.exists() else ""
+            raise CheckpointWriteError(f"cannot write checkpoint {path}: {error.strerror or error}{kept}") from error
+        try:
+            _fsync_directory(path.parent)
+        except OSError as error:
+            message = f"cannot sync the folder of checkpoint {path}: {error.strerror or error}"
+            raise CheckpointWriteError(message) from error
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Loads with `weights_only=True` whatever the caller asks (`--ckpt_path`): pickled code is refused, not run.
+
+        Raises:
+            CheckpointError: one line naming the file, for a truncated, foreign or code-carrying checkpoint.
+        """
+        kwargs = {"map_location": map_location} if map_location is not None else {}
+        try:
+            return super().load_checkpoint(path, weights_only=True, **kwargs)
+        except FileNotFoundError:
+            raise
+        except UNREADABLE as error:
+            raise unreadable(path, error) from None

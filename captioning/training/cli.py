@@ -1,21 +1,27 @@
 """LightningCLI for captioning: links the values that the model and the data must share, sets the defaults.
 
 Defaults: checkpoints on the best validation CIDEr-D (and the last one, for resuming) written atomically, a CSV
-logger (TensorBoard beside it when installed), and a test of the best checkpoint after `fit`.
+logger (TensorBoard beside it when installed) that keeps a run in one folder (see `run_folder`), progress as lines
+when stdout is not a terminal, and a test of the best checkpoint after `fit`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.datamodule import CaptionDataModule
+from captioning.errors import UserError
+from captioning.training import quiet
 from captioning.training.module import CaptioningModule
+from captioning.training.progress import LineProgress
+from captioning.training.run_folder import ContinueCurves, RunLogger, run_of_checkpoint
 
 
 class CaptioningCLI(LightningCLI):
@@ -27,7 +33,7 @@ class CaptioningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},  # main() prints a one-line error instead of the whole usage
             trainer_defaults={
-                "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+                "logger": {"class_path": "captioning.training.run_folder.RunLogger", "init_args": {"save_dir": "runs"}},
                 "plugins": [{"class_path": "captioning.training.checkpoint_io.AtomicCheckpointIO"}],
             },
         )
@@ -38,13 +44,22 @@ class CaptioningCLI(LightningCLI):
         parser.link_arguments("model.image_size", "data.image_size")
         parser.link_arguments("model.max_length", "data.max_length")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+        parser.add_argument(
+            "--allow_missing_images",
+            type=bool,
+            default=False,
+            help="a test that could not score every image of the split (unreadable files) still succeeds",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # best.ckpt, replaced (atomically) by each better one: a name that the next run can be pointed at
         parser.set_defaults(
             {"checkpoint.monitor": "val/CIDEr", "checkpoint.mode": "max", "checkpoint.filename": "best",
              "checkpoint.enable_version_counter": False}
         )  # fmt: skip
-        # last.ckpt after every epoch, whether or not it was the best: a killed run resumes from where it was.
+        # last.ckpt after every epoch, or every `last_checkpoint.every_n_train_steps` optimizer steps (the COCO configs:
+        # an epoch is an hour there), whether or not it was the best. `--ckpt_path .../last.ckpt` resumes a killed run
+        # at the next batch of the epoch it was in (the train loader's position is in the checkpoint); with steps, the
+        # steps after the last multiple of N are not in last.ckpt when a run ends (best.ckpt is saved on validation).
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
 
@@ -66,7 +81,35 @@ class CaptioningCLI(LightningCLI):
         del architecture["vocab_size"]  # the checkpoint's tokenizer decides it
         self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)  # links follow
 
+    def before_instantiate_classes(self) -> None:
+        """A checkpoint of a run under the logger's save_dir keeps that run's folder: `fit` continues its
+        version_N (curves, checkpoints, best-checkpoint tracking), the other commands write into
+        `version_N/COMMAND-CHECKPOINT`."""
+        quiet.silence_known_noise(resuming=bool(self.config[self.subcommand].get("ckpt_path")))
+        config = self.config[self.subcommand]
+        logger = config.trainer.get("logger")
+        init = getattr(logger, "init_args", None)
+        if init is None or "save_dir" not in init or "version" not in init:
+            return
+        run = run_of_checkpoint(config.get("ckpt_path"), init.save_dir)
+        if run is None:
+            return
+        init.name = run.name
+        if self.subcommand == "fit":
+            init.version = run.version
+            if logger.class_path in ("lightning.pytorch.loggers.CSVLogger", f"{RunLogger.__module__}.RunLogger"):
+                logger.class_path = f"{RunLogger.__module__}.RunLogger"  # Lightning's, able to continue the run
+                init.continue_run = True
+                self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), ContinueCurves()]
+        else:
+            init.version = f"{run.version}/{self.subcommand}-{Path(config.ckpt_path).stem}"
+
     def instantiate_trainer(self, **kwargs):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        configured = trainer_config.get("callbacks") or []
+        bars = any(isinstance(c, ProgressBar) for c in (configured if isinstance(configured, list) else [configured]))
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar", True) is not False and not bars:
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         trainer = super().instantiate_trainer(**kwargs)
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], CSVLogger):
@@ -79,6 +122,18 @@ class CaptioningCLI(LightningCLI):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            self.after_test()
+
+    def after_test(self) -> None:
+        """Scores over fewer images than the split names are not comparable: a failing exit, unless allowed."""
+        counts = self.model.test_counts
+        missing = counts.get("images_in_split", 0) - counts.get("images_scored", 0)
+        if missing > 0 and not self.config[self.subcommand].get("allow_missing_images"):
+            raise UserError(
+                f"{missing} of the {counts['images_in_split']} test images were not scored (see the warnings above); "
+                f"metrics.json holds the scores of the other {counts['images_scored']}: pass "
+                "--allow_missing_images=true to accept them"
+            )
 
 
 def main(argv: list[str], pass_args: bool = True) -> int:

@@ -23,13 +23,15 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
 from captioning.checkpoint import checkpoint_metadata, load_checkpoint
+from captioning.data.transforms import data_config
+from captioning.errors import CheckpointError, TrainingDiverged, UserError
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
-from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups
+from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
 
 
 class CaptioningModule(LightningModule):
@@ -62,6 +64,9 @@ class CaptioningModule(LightningModule):
         eval_beam_size: beams for validation, test and predict captions (1: greedy decoding).
         eval_length_penalty: alpha of the beam search ranking log P / length^alpha.
         val_metrics: metric families scored during validation (CIDEr-D drives checkpointing).
+        compile: torch.compile the encoder and the decoder blocks (worth it on GPU; on CPU it needs a C++ compiler).
+        max_nonfinite_steps: stop the run after this many optimizer steps in a row with a non-finite (NaN or inf)
+            loss or gradient; each such step is skipped (no weight update) and counted in train/nonfinite_steps.
     """
 
     def __init__(
@@ -90,6 +95,8 @@ class CaptioningModule(LightningModule):
         eval_beam_size: int = 1,
         eval_length_penalty: float = 1.0,
         val_metrics: tuple[str, ...] = ("BLEU", "CIDEr"),
+        max_nonfinite_steps: int = 20,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if scst and scst_baseline == "mean" and scst_samples < 2:
@@ -104,6 +111,11 @@ class CaptioningModule(LightningModule):
         self._reward_seconds = 0.0
         self._step_started = 0.0
         self.skipped_images = 0
+        self.skipped_batches = 0  # batches without a readable image, trained on a zero-weight placeholder
+        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, this run
+        self._nonfinite_in_a_row = 0
+        self._losses_finite: torch.Tensor | None = None  # of the backward passes since the last optimizer step
+        self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
 
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
@@ -118,6 +130,7 @@ class CaptioningModule(LightningModule):
             config, tokenizer, state = load_checkpoint(hp.init_from)
             self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
             self.model.load_state_dict(state)
+            self._use_feature_cache()
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
@@ -127,26 +140,61 @@ class CaptioningModule(LightningModule):
                 **{k: hp[k] for k in ("num_heads", "mlp_ratio", "max_length", "dropout")},
             )
             self._build(config, datamodule.tokenizer)
+            self._use_feature_cache()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         entry = checkpoint.get("captioning")
         if not entry:
-            raise ValueError("not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)")
+            raise CheckpointError("not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)")
         config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
+        if self._feature_cache_wanted():  # a resumed run trains on the tokens of its own frozen encoder
+            prefix = "model.encoder."
+            state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            self.model.encoder.load_state_dict(state)  # Lightning loads the same weights right after this hook
+            self._use_feature_cache()
+
+    def _feature_cache_wanted(self) -> bool:
+        datamodule = self.trainer.datamodule
+        return self.trainer.state.fn == "fit" and bool(getattr(datamodule, "hparams", {}).get("feature_cache"))
+
+    def _use_feature_cache(self) -> None:
+        """Hands the frozen encoder to the datamodule, which computes its tokens of the training images once and
+        serves them instead of the images: on the first process while the others wait, before any loader is built
+        (configure_optimizers builds the training loader). Checkpoints still hold the whole model, encoder included."""
+        if not self._feature_cache_wanted():
+            return
+        if not self.model.config.freeze_encoder:
+            raise ValueError("data.feature_cache needs model.freeze_encoder true: a trained encoder's tokens change")
+        strategy, datamodule, keys = self.trainer.strategy, self.trainer.datamodule, None
+        if strategy.is_global_zero:
+            encoder = self.model.encoder.to(strategy.root_device)
+            keys = datamodule.fill_feature_cache(encoder, self.trainer.precision_plugin.forward_context)
+        keys = strategy.broadcast(keys, src=0)  # the others wait here, then read the cache of the first one's encoder
+        datamodule.open_feature_cache(keys)
 
     def _build(self, config: ModelConfig, tokenizer: CaptionTokenizer) -> None:
         self.model, self.tokenizer = CaptioningModel(config), tokenizer
+        if self.hparams.compile:
+            self.model.compile_parts()
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.tokenizer = tokenizer  # training captions must use the model's vocabulary
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Refused before the file is written: a diverged model never replaces the last good checkpoint.
+        weights = checkpoint["state_dict"].items()
+        broken = next((k for k, v in weights if v.is_floating_point() and not v.isfinite().all()), None)
+        if broken is not None:
+            raise TrainingDiverged(
+                f"step {self.global_step}: the weights hold non-finite values ({broken}); no checkpoint is saved, "
+                "so the last one on disk stays the last good one"
+            )
         checkpoint["captioning"] = checkpoint_metadata(self.model.config, self.tokenizer)
 
     def _require_model(self) -> None:
         if self.model is None:
-            raise RuntimeError("no model to evaluate: pass --ckpt_path with a checkpoint written by `captioning fit`")
+            raise UserError("no model to evaluate: pass --ckpt_path with a checkpoint written by `captioning fit`")
 
     on_validation_start = on_test_start = on_predict_start = _require_model
 
@@ -154,6 +202,7 @@ class CaptioningModule(LightningModule):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.encoder_lr_scale, hp.layer_decay)
         optimizer = self.optimizer_factory(groups)
+        use_fused_kernel(optimizer)
         apply_lr_scales(optimizer)
         total = max(1, self.trainer.estimated_stepping_batches)  # sets up the training data, so its length is known
         frozen_steps = hp.encoder_frozen_epochs * self._steps_per_epoch() if hp.encoder_frozen_epochs else 0
@@ -178,27 +227,44 @@ class CaptioningModule(LightningModule):
         return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------------------------------------------- training
+    def _memory(self, batch: dict) -> torch.Tensor:
+        """The memory (B, M, D) of a batch: from its cached encoder tokens (B, M, C_enc) when it has them, else from
+        its images (B, 3, H, W)."""
+        if "features" in batch:
+            return self.model.project(batch["features"].to(self.model.memory_pos.dtype))  # stored as float16
+        return self.model.encode(batch["images"])
+
     def training_step(self, batch: dict, batch_idx: int):
         self.skipped_images += batch["skipped"]
-        if not len(batch["image_ids"]):
-            return None  # every image of the batch was unreadable
+        if not len(batch["image_ids"]):  # every image of the batch was unreadable
+            return self._placeholder_step()
         if self.hparams.scst:
             return self._self_critical_step(batch)
         tokens = batch["tokens"]  # (B*K, T+1): [BOS] words [EOS] [PAD]...
-        logits = self.model(batch["images"], tokens[:, :-1])  # (B*K, T, V)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            tokens[:, 1:].flatten(),
-            ignore_index=self.tokenizer.pad_id,
-            label_smoothing=self.hparams.label_smoothing,
-        )
+        targets = tokens[:, 1:]  # (B*K, T)
+        real = targets != self.tokenizer.pad_id  # the LM head and the loss run only where there is a word to write
+        logits = self.model.decoder(tokens[:, :-1], self._memory(batch), mask=real)  # (N, V), N real positions
+        loss = F.cross_entropy(logits.float(), targets[real], label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_ids"]))
         return loss
+
+    def _placeholder_step(self) -> torch.Tensor:
+        """A zero-weight loss on a blank image and an empty caption, for a batch without a readable image.
+
+        Every process must run the same forward, backward and gradient all-reduce (DDP); returning None instead
+        would stop a distributed run. The gradients are all zero, so the weights learn nothing from it.
+        """
+        self.skipped_batches += 1
+        tok, config = self.tokenizer, self.model.config
+        images = torch.zeros(1, *data_config(config.encoder, config.image_size)["input_size"], device=self.device)
+        tokens = torch.tensor([[tok.bos_id, tok.eos_id]], device=self.device)  # (1, 2): an empty caption
+        logits = self.model(images, tokens[:, :-1])  # (1, 1, V)
+        return logits.float().sum() * 0.0
 
     def _self_critical_step(self, batch: dict):
         """Samples K captions per image, rewards each with CIDEr-D, and returns the policy-gradient loss."""
         K, tok, image_ids = self.hparams.scst_samples, self.tokenizer, batch["image_ids"]
-        memory = self.model.encode(batch["images"])  # (B, M, D)
+        memory = self._memory(batch)  # (B, M, D)
         ids = (tok.bos_id, tok.eos_id, tok.pad_id)
         never = self._never_tokens()
         decoder = self.model.decoder
@@ -252,12 +318,52 @@ class CaptioningModule(LightningModule):
             self.log("scst/reward_time_share", share, batch_size=len(batch["image_ids"]))
 
     def on_train_epoch_end(self) -> None:
-        count = torch.tensor(float(self.skipped_images), device=self.device)
-        skipped = int(self.trainer.strategy.reduce(count, reduce_op="sum"))  # all processes together
+        counts = torch.tensor([float(self.skipped_images), float(self.skipped_batches)], device=self.device)
+        skipped, empty = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # all processes together
         if skipped:
-            rank_zero_warn(f"skipped {skipped} unreadable training images this epoch (named above)")
-        self.log("train/skipped_images", float(skipped))
-        self.skipped_images = 0
+            rank_zero_warn(f"skipped {int(skipped)} unreadable training images this epoch (named above)")
+        if empty:
+            rank_zero_warn(f"{int(empty)} training batches had no readable image; each took a zero-weight step")
+        self.log("train/skipped_images", skipped)
+        self.log("train/skipped_batches", empty)
+        self.skipped_images = self.skipped_batches = 0
+
+    # ------------------------------------------------------------------------------------- non-finite guard
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        finite = loss.detach().isfinite().all()
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+        super().backward(loss, *args, **kwargs)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skips the step (drops the gradients, so the optimizer leaves every weight alone) when a loss or a
+        gradient is NaN or inf on any process, and stops the run after `max_nonfinite_steps` such steps in a row.
+
+        Lightning calls it after mixed precision unscales the gradients and before it clips them. The decision is
+        reduced over all processes, so that every process skips the same steps and the replicas stay equal.
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else torch.tensor(True)
+        if self._losses_finite is not None:
+            finite = finite & self._losses_finite.to(finite.device)
+        self._losses_finite = None
+        if not self.trainer.strategy.reduce((~finite).float().to(self.device), reduce_op="max"):
+            self._nonfinite_in_a_row = 0
+            return
+        optimizer.zero_grad(set_to_none=True)  # optimizers skip parameters without a gradient: no update, no decay
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        limit = self.hparams.max_nonfinite_steps
+        rank_zero_warn(
+            f"step {self.global_step}: non-finite loss or gradient, step skipped ({self._nonfinite_in_a_row} in a "
+            f"row, {self.nonfinite_steps} in this run; the run stops at {limit} in a row)"
+        )
+        if self._nonfinite_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"training diverged: {limit} optimizer steps in a row had a non-finite loss or gradient (up to step "
+                f"{self.global_step}); the weights and checkpoints are those of the last good step. Lower the "
+                "learning rate, train in bf16 or fp32 rather than fp16, or raise model.max_nonfinite_steps"
+            )
 
     # ---------------------------------------------------------------------------------- validation and test
     def _never_tokens(self) -> list[int]:
@@ -270,7 +376,7 @@ class CaptioningModule(LightningModule):
         """Captions of a batch by image id: greedy, or beam search with `eval_beam_size` beams."""
         if not len(batch["image_ids"]):
             return {}
-        memory = self.model.encode(batch["images"])  # (B, M, D)
+        memory = self._memory(batch)  # (B, M, D)
         tok, hp = self.tokenizer, self.hparams
         ids = (tok.bos_id, tok.eos_id, tok.pad_id)
         rules = {"min_length": 1, "suppress_tokens": self._never_tokens()}  # as `captioning caption` decodes
@@ -299,7 +405,8 @@ class CaptioningModule(LightningModule):
         scores.update(self._check("test", captions))
         for name, value in scores.items():
             self.log(f"test/{name}", value)
-        self._write({"predictions.json": _results(captions), "metrics.json": scores})
+        self.test_counts = {"images_scored": len(captions), "images_in_split": _dataset_size(self.trainer)}
+        self._write({"predictions.json": _results(captions), "metrics.json": {**scores, **self.test_counts}})
 
     def on_predict_epoch_end(self) -> None:
         self._write({"predictions.json": _results(self._collect())})
@@ -332,6 +439,13 @@ class CaptioningModule(LightningModule):
                 self._scorers[split] = CaptionScorer(references, metrics=metrics)
             scores = self._scorers[split].score(captions)
         return self.trainer.strategy.broadcast(scores, src=0)
+
+
+def _dataset_size(trainer) -> int:
+    """Images in the split being tested: the test loader's dataset, whatever sampler shards it."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    return len(loader.dataset)
 
 
 def _results(captions: dict) -> list[dict]:

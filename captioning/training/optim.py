@@ -17,6 +17,8 @@ from torch.optim import Optimizer
 
 from captioning.model.captioner import CaptioningModel
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam, AdamW and SGD kernels
+
 
 def parameter_groups(
     model: CaptioningModel, encoder_lr_scale: float = 1.0, layer_decay: float | None = None
@@ -93,6 +95,36 @@ def apply_lr_scales(optimizer: Optimizer) -> None:
     """
     for group in optimizer.param_groups:
         group["lr"] = optimizer.defaults["lr"] * group.get("lr_scale", 1.0)
+
+
+def use_fused_kernel(optimizer: Optimizer) -> bool:
+    """Switches an optimizer that offers torch's fused kernel (Adam, AdamW, SGD, ...) to it, unless its config chose.
+
+    The fused update reads and writes each parameter, gradient and moment once for all parameters, where the default
+    on CPU loops over the parameters one tensor at a time (and `foreach` on GPU launches a few kernels per group).
+    Left alone: an explicit `fused` or `foreach` setting, `differentiable`, and parameters off CPU and CUDA.
+
+    Args:
+        optimizer: built, before its first step.
+
+    Returns:
+        Whether it now uses the fused kernel.
+    """
+    defaults = optimizer.defaults
+    if (
+        "fused" not in defaults
+        or defaults["fused"] is not None
+        or defaults.get("foreach")
+        or defaults.get("differentiable")
+    ):
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or any(p.device.type not in FUSED_DEVICES or not p.is_floating_point() for p in params):
+        return False
+    defaults["fused"] = True
+    for group in optimizer.param_groups:
+        group["fused"] = True  # read at every step
+    return True
 
 
 def frozen_encoder_factor(group: dict, step: int, frozen_steps: int) -> float:

@@ -15,9 +15,9 @@ class _DropAdvertisement(logging.Filter):
 
 def silence_known_noise(resuming: bool = False) -> None:
     """Silences Lightning's LitLogger advertisement and the deprecation warning its pytree helper raises on every
-    run; with `resuming` (a command given a checkpoint), also its note that a checkpoint from another folder does not
-    bring its best-k bookkeeping and that its folder is not empty (`test` and `predict` never need them, and `fit` resumes in
-    the run's own folder). A metric that cannot run is reported in one line."""
+    run; with `resuming` (a command given a checkpoint), also its notes that a checkpoint from another folder does
+    not bring its best-k bookkeeping and that the checkpoint folder is not empty (`test` and `predict` never need
+    them, and `fit` resumes in the run's own folder). A metric that cannot run is reported in one line."""
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdvertisement) for f in logger.filters):

@@ -171,13 +171,16 @@ def captions_of(root: Path, split: str) -> dict:
 @pytest.mark.parametrize("level", ["basic", "hard"])
 def test_check_captions_scores_shapes_captions_against_their_scenes(level, shapes_root, hard_root):
     root = {"basic": shapes_root, "hard": hard_root}[level]
-    data = CaptionDataModule(dataset="shapes", root=str(root), shapes_level=level)
+    data = CaptionDataModule(dataset="shapes", root=str(root), shapes_level=level, shapes_image_size=64)
     captions = captions_of(root, "test")
-    assert data.check_captions("test", captions) == {"grounded_accuracy": 1.0}
+    scores = data.check_captions("test", captions)
+    assert scores["grounded_accuracy"] == 1.0
+    if level == "basic":  # its captions place shapes, and the references place them right
+        assert scores["position_accuracy"] == 1.0 and scores["position_claims"] > 0
     half_wrong = {
         image_id: "An empty picture." if n % 2 else caption for n, (image_id, caption) in enumerate(captions.items())
     }
-    assert data.check_captions("test", half_wrong) == {"grounded_accuracy": 0.5}
+    assert data.check_captions("test", half_wrong)["grounded_accuracy"] == 0.5
 
 
 def test_check_captions_is_empty_for_a_dataset_without_ground_truth():

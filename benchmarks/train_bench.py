@@ -1,0 +1,291 @@
+"""Training images per second of our step against the Hugging Face VisionEncoderDecoder peer, measured in one run.
+
+All at one size: ViT-S/16 at 224 px, a 6-layer decoder 512 wide (8 heads, MLP 2048), a 10,000-word vocabulary,
+B images x K captions per step (real COCO photos, caption lengths of their real captions), AdamW, fp32.
+(a) ours: each image encoded once, its K captions share its memory; the LM head and the loss only at real
+    (non-padding) positions; label smoothing 0.1; AdamW with torch's fused kernel;
+(b) ours as before this change: LM head and loss at every position (padding ignored by the loss), AdamW's default;
+(c) HF as people run it: VisionEncoderDecoderModel (ViTModel + BertLMHeadModel with cross-attention), the pixels
+    repeated per caption, `labels` with -100 at padding, AdamW;
+(d) HF fed each image once: the encoder runs on the B images, its states are repeated per caption.
+(c) and (d) are skipped with a note when transformers is not installed. FLOPs of one step (forward and backward) are
+counted with torch.utils.flop_counter.FlopCounterMode; the fp32 matmul peak is a large matmul in the same process.
+
+    HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from captioning.model import CaptioningModel, ModelConfig
+from captioning.training.optim import use_fused_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO = ROOT.parent / "shared" / "data" / "coco-val2017-mini"
+BOS, EOS, PAD = 1, 2, 0
+SIZE = dict(encoder="vit_small_patch16_224", image_size=224, dim=512, depth=6, num_heads=8, mlp_ratio=4.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4, help="B, images per step")
+    parser.add_argument("--captions", type=int, default=5, help="K, captions per image")
+    parser.add_argument("--vocab-size", type=int, default=10_000, help="about a COCO word vocabulary")
+    parser.add_argument("--max-length", type=int, default=24, help="caption positions, end token included")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each method's best is kept")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-hf", action="store_true", help="measure ours only")
+    return parser.parse_args()
+
+
+def make_batches(args: argparse.Namespace, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` batches of images (B, 3, 224, 224) and tokens (B*K, T+1) `[BOS] w.. [EOS] [PAD]..`.
+
+    Real photos through our data pipeline, and word ids drawn at random in captions as long as their real COCO
+    captions (random pixels and lengths if the shared data is absent).
+    """
+    from captioning.data.transforms import build_transform, load_image
+
+    rng = random.Random(0)
+    paths = sorted((COCO / "val2017").glob("*.jpg"))
+    annotations = COCO / "annotations" / "captions_val2017_subset159.json"
+    lengths = [len(a["caption"].split()) for a in json.loads(annotations.read_text())["annotations"]] if paths else []
+    if not paths:
+        print(f"note: {COCO} not found; random pixels and caption lengths")
+    transform = build_transform(SIZE["encoder"], SIZE["image_size"])
+    B, K = args.images, args.captions
+    batches = []
+    for index in range(count):
+        if paths:
+            chosen = paths[index * B : (index + 1) * B]
+            images = torch.stack([transform(load_image(p, size=transform.decode_size)) for p in chosen])
+        else:
+            images = torch.randn(B, 3, 224, 224)
+        rows = []
+        for _ in range(B * K):
+            words = min(rng.choice(lengths) if lengths else rng.randint(8, 16), args.max_length - 1)
+            rows.append([BOS, *(rng.randrange(4, args.vocab_size) for _ in range(words)), EOS])
+        width = max(len(row) for row in rows)  # padded to the longest caption of the batch, as our collate does
+        tokens = torch.tensor([row + [PAD] * (width - len(row)) for row in rows])
+        batches.append((images.to(args.device), tokens.to(args.device)))
+    return batches
+
+
+def build_ours(args: argparse.Namespace) -> CaptioningModel:
+    config = ModelConfig(vocab_size=args.vocab_size, max_length=args.max_length, dropout=0.0, **SIZE)
+    torch.manual_seed(0)
+    return CaptioningModel(config).to(args.device).train()
+
+
+class OptimizerClock:
+    """Seconds spent in optimizer steps, per method: the update is part of the step, and reported on its own."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def step(self, key: str, optimizer: torch.optim.Optimizer) -> None:
+        started = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+
+
+CLOCK = OptimizerClock()
+
+
+def ours_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, lean: bool, key: str) -> Callable:
+    """One XE training step of our model: the new lean step, or the step as it was before this change."""
+
+    def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B*K, T)
+        if lean:
+            real = targets != PAD
+            logits = model(images, inputs, mask=real)  # (N, V) at the real positions
+            loss = F.cross_entropy(logits.float(), targets[real], label_smoothing=0.1)
+        else:
+            logits = model(images, inputs)  # (B*K, T, V)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, label_smoothing=0.1
+            )
+        loss.backward()
+        CLOCK.step(key, optimizer)
+
+    return step
+
+
+def build_hf(args: argparse.Namespace):
+    """The same size in Hugging Face classes: ViT-S/16 (ViTModel) and a 6-layer BERT decoder with cross-attention."""
+    from transformers import BertConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    encoder = ViTConfig(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224
+    )
+    decoder = BertConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        max_position_embeddings=args.max_length + 1,
+        is_decoder=True,
+        add_cross_attention=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS, PAD, EOS
+    torch.manual_seed(0)
+    return VisionEncoderDecoderModel(config=config).to(args.device).train()
+
+
+def hf_step(model, optimizer: torch.optim.Optimizer, captions: int, encode_once: bool, key: str) -> Callable:
+    """One training step of the HF model: pixels repeated per caption (as people run it), or encoded once."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        labels = targets.masked_fill(targets == PAD, -100)
+        mask = (inputs != PAD).long()
+        if encode_once:
+            states = model.encoder(pixel_values=images).last_hidden_state  # (B, M, C)
+            states = states.repeat_interleave(captions, dim=0)  # (B*K, M, C)
+            output = model(encoder_outputs=BaseModelOutput(last_hidden_state=states), decoder_input_ids=inputs,
+                           decoder_attention_mask=mask, labels=labels)  # fmt: skip
+        else:
+            pixels = images.repeat_interleave(captions, dim=0)  # (B*K, 3, H, W): one copy per caption
+            output = model(pixel_values=pixels, decoder_input_ids=inputs, decoder_attention_mask=mask, labels=labels)
+        output.loss.backward()
+        CLOCK.step(key, optimizer)
+
+    return step
+
+
+def step_flops(step: Callable, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """FLOPs of one step's forward and backward (the optimizer's elementwise update is not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(*batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of an n x n matmul with the threads in use: the rate these CPUs can reach."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> dict[str, float]:
+    """Best seconds per step of each method, and the optimizer's seconds in that best round; rounds run every method
+    in turn, so that all of them meet the same machine load."""
+    best = dict.fromkeys(steps, float("inf"))
+    optimizer_seconds = dict.fromkeys(steps, 0.0)
+    cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
+    for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
+        step(*batches[0])
+    for _ in range(args.repeats):
+        for key, step in steps.items():
+            CLOCK.seconds[key] = 0.0
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for index in range(args.steps):
+                step(*batches[index % len(batches)])
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - started) / args.steps
+            cpu[key] = min(cpu[key], (time.process_time() - cpu_started) / args.steps)
+            if seconds < best[key]:
+                best[key], optimizer_seconds[key] = seconds, CLOCK.seconds[key] / args.steps
+    return best, optimizer_seconds, cpu
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    batches = make_batches(args)
+    names = {
+        "a": "(a) ours: encode once, head+loss at real positions, fused AdamW",
+        "b": "(b) ours before: head+loss at every position, AdamW default",
+        "c": "(c) HF VisionEncoderDecoder as people run it (pixels per caption)",
+        "d": "(d) HF VisionEncoderDecoder fed each image once",
+    }
+    steps = {}
+    lean, plain = build_ours(args), build_ours(args)
+    fused = torch.optim.AdamW(lean.parameters(), lr=1e-4, weight_decay=0.05)
+    use_fused_kernel(fused)
+    steps["a"] = ours_step(lean, fused, lean=True, key="a")
+    steps["b"] = ours_step(plain, torch.optim.AdamW(plain.parameters(), lr=1e-4, weight_decay=0.05), False, "b")
+    params = {"ours": sum(p.numel() for p in lean.parameters())}
+    if args.skip_hf:
+        print("(c), (d) skipped: --skip-hf")
+    else:
+        try:
+            hf = build_hf(args)
+        except ImportError:
+            print("(c), (d) skipped: transformers is not installed (pip install transformers, for this benchmark only)")
+        else:
+            hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.05)
+            steps["c"] = hf_step(hf, hf_optimizer, args.captions, encode_once=False, key="c")
+            steps["d"] = hf_step(hf, hf_optimizer, args.captions, encode_once=True, key="d")
+            params["hf"] = sum(p.numel() for p in hf.parameters())
+    B, K = args.images, args.captions
+    real = sum(int((t[:, 1:] != PAD).sum()) for _, t in batches) / sum(t[:, 1:].numel() for _, t in batches)
+    print(
+        f"{B} images x {K} captions per step, vocabulary {args.vocab_size}, {real:.0%} of caption positions real, "
+        f"{args.device}, {torch.get_num_threads()} threads, fp32, torch {torch.__version__}"
+    )
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in params.items()))
+    flops = {key: step_flops(step, batches[0]) for key, step in steps.items()}
+    seconds, optimizer_seconds, cpu = measure(steps, batches, args)
+    peak = matmul_peak(args.device)
+    print(f"fp32 matmul peak (2048^3): {peak:.0f} GFLOP/s")
+    for key, step_seconds in seconds.items():
+        rate = flops[key] / step_seconds / 1e9
+        print(
+            f"{names[key]:<66s} {B / step_seconds:6.2f} images/s  {flops[key] / 1e9:6.0f} GFLOP/step  "
+            f"{rate:5.0f} GFLOP/s ({rate / peak:.0%} of peak)  optimizer {optimizer_seconds[key]:.2f} s of the step"
+        )
+    speed = {key: B / s for key, s in seconds.items()}
+    threads = torch.get_num_threads()
+    print("images per CPU second x threads (less sensitive to a busy machine): " + ", ".join(
+        f"({key}) {B * threads / value:.2f}" for key, value in cpu.items()))  # fmt: skip
+    if "c" in cpu:
+        print(f"CPU-time ratio (a)/(c) = {cpu['c'] / cpu['a']:.2f}x   (a)/(d) = {cpu['d'] / cpu['a']:.2f}x   "
+              f"(a)/(b) = {cpu['b'] / cpu['a']:.2f}x")  # fmt: skip
+    print(f"ratio (a)/(b) = {speed['a'] / speed['b']:.2f}x")
+    if "c" in speed:
+        print(f"ratio (a)/(c) = {speed['a'] / speed['c']:.2f}x   (a)/(d) = {speed['a'] / speed['d']:.2f}x")
+        model_only = {key: s - optimizer_seconds[key] for key, s in seconds.items()}  # forward and backward only
+        print(
+            f"without the optimizer step: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
+            f"(a)/(d) = {model_only['d'] / model_only['a']:.2f}x   (a)/(b) = {model_only['b'] / model_only['a']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

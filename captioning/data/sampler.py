@@ -1,0 +1,117 @@
+"""Resumable sampling for the folder-of-images path: a seeded permutation per epoch, sharded across processes, and a
+loader that counts the samples it delivered, so that a run resumed from a mid-epoch checkpoint continues at the next
+batch of the same epoch, neither replaying nor skipping one.
+
+The sampler is a `DistributedSampler` (strided shards, as under DDP), so Lightning keeps it instead of wrapping it
+(`use_distributed_sampler`). Lightning saves a train loader's `state_dict` in the fit loop, but restores it only into a
+loader built after the checkpoint was read, and `trainer.estimated_stepping_batches` (the LR schedule's length, in
+`configure_optimizers`) builds it earlier; the datamodule therefore carries the loader's state as well.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+def default_seed() -> int:
+    """The seed of `seed_everything` (Lightning exports it to every process), else 0 like `DistributedSampler`: all
+    ranks must draw the same permutation, so the global RNG of each process is no use."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class ResumableSampler(DistributedSampler):
+    """One seeded permutation of the dataset per epoch, this process's strided shard of it, from a resume point.
+
+    `consumed` counts the samples of this epoch's shard that training has received; the loader advances it (the
+    sampler itself runs ahead of training, by the batches that worker processes prefetch).
+
+    Args:
+        dataset: anything with a length.
+        shuffle: a new permutation each epoch (`set_epoch`); otherwise the dataset order.
+        seed: the permutation of epoch e is drawn with seed + e, the same in every process.
+        num_replicas: number of processes; None for the size of the initialized process group, else 1.
+        rank: this process's index; None for its rank in the process group, else 0.
+        drop_last: drop the tail that does not divide evenly across processes instead of padding it.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool = True,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        num_replicas = num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1
+        rank = rank if rank is not None else dist.get_rank() if distributed else 0
+        seed = default_seed() if seed is None else seed
+        super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.consumed = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.consumed = 0  # a new epoch starts at its beginning; the same one (a resume) keeps its position
+        super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        # A finished epoch that is iterated again (no set_epoch in between) starts over, as a DataLoader would.
+        self.consumed = self.consumed if self.consumed < self.num_samples else 0
+        yield from itertools.islice(super().__iter__(), self.consumed, None)
+
+    def __len__(self) -> int:
+        # The whole epoch's shard, also when resumed: Lightning counts the batches already done on top of this.
+        return self.num_samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch, its seed and how far into it training got, counted over all processes."""
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "dataset_size": len(self.dataset),
+            "samples_seen": self.consumed * self.num_replicas,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues the saved epoch at the next unseen sample, also with another number of processes: the first
+        k * R samples of a permutation are exactly the first k of each of R strided shards."""
+        if state["dataset_size"] != len(self.dataset):
+            raise ValueError(
+                f"cannot resume mid-epoch: the training set has {len(self.dataset)} images, the checkpoint's "
+                f"sampler was saved over {state['dataset_size']}; resume with the same training data"
+            )
+        self.epoch, self.seed, self.shuffle = state["epoch"], state["seed"], state["shuffle"]
+        self.consumed = min(state["samples_seen"] // self.num_replicas, self.num_samples)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `ResumableSampler` whose state says where the epoch stands: the samples in the batches it
+    has handed out, not those its workers have prefetched."""
+
+    sampler: ResumableSampler
+
+    def __init__(self, dataset, sampler: ResumableSampler, **kwargs: Any) -> None:
+        if not isinstance(sampler, ResumableSampler):
+            raise TypeError(f"ResumableDataLoader needs a ResumableSampler, got {type(sampler).__name__}")
+        super().__init__(dataset, sampler=sampler, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: workers start, and the sampler draws its permutation, at the first batch. The trainer asks
+        # for an iterator before it restores a checkpoint, and takes the first batch after.
+        for batch in super().__iter__():
+            self.sampler.consumed = min(self.sampler.consumed + self.batch_size, self.sampler.num_samples)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])

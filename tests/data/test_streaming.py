@@ -1,0 +1,147 @@
+"""Streamed data: `captioning prepare` packs a split into LitData chunks; training streams them, sharded over processes
+by LitData, and a run killed mid-epoch resumes at the next batch from the loader state in its checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from captioning.data.coco import ImageRecord, load_coco_captions
+from captioning.data.datamodule import CaptionDataset
+from captioning.data.shapes import annotation_path
+from captioning.data.streaming import CaptionStreamingDataset, PackRecord, load_packed_records
+from captioning.data.transforms import build_transform
+from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, run_cli
+from tests.data.seen_images import read_batches
+
+BATCH = 16  # 96 training images: 6 batches on one process, 3 on each of two, none partial
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, shapes_root) -> Path:
+    """The tiny shapes splits packed into `packed/{train,val,test}`: train through the CLI as a user runs it, the
+    others in this process (the same `main`), to spare two interpreter start-ups."""
+    from captioning.data import prepare
+
+    folder = tmp_path_factory.mktemp("packed")
+    config = folder / "data.yaml"
+    data = {"dataset": "shapes", "root": str(shapes_root), "shapes_image_size": 64, "shapes_split_sizes": TINY_SPLITS}
+    model = {"encoder": TINY_MODEL["encoder"], "image_size": TINY_MODEL["image_size"]}
+    config.write_text(yaml.safe_dump({"model": model, "data": data}))
+    result = run_cli("prepare", "--config", str(config), "--split", "train", "--out", str(folder / "train"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "packed 96 images of split 'train' at 64x64" in result.stdout
+    for split in ("val", "test"):
+        args = ["--config", str(config), "--split", split, "--out", str(folder / split), "--workers", "1"]
+        assert prepare.main(args) == 0
+    return folder
+
+
+def streams(packed: Path) -> str:
+    return "--data.streams=" + json.dumps({split: str(packed / split) for split in ("train", "val", "test")})
+
+
+def fit_args(packed: Path, run_dir: Path, seen: Path, *extra: str, kill_after_step: int = 0) -> list[str]:
+    """`captioning fit` of the tiny model on the packed splits, recording each training batch's image ids."""
+    callback = {"class_path": "tests.data.seen_images.SeenImages", "init_args": {"folder": str(seen)}}
+    callback["init_args"]["kill_after_step"] = kill_after_step
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "shapes.yaml"),
+        *[f"--model.{key}={value}" for key, value in TINY_MODEL.items()],
+        "--data.format=litdata",
+        streams(packed),
+        f"--data.batch_size={BATCH}",
+        "--data.num_workers=0",
+        "--trainer.max_epochs=2",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.callbacks={json.dumps([callback])}",
+        "--test_after_fit=false",
+        *extra,
+    ]
+
+
+def test_packed_split_streams_the_folder_images_ids_and_captions(packed, shapes_root, one_thread):
+    manifest = json.loads((packed / "train" / "manifest.json").read_text())
+    assert manifest["count"] == TINY_SPLITS["train"] and manifest["image_size"] == 64
+    transform = build_transform(TINY_MODEL["encoder"], TINY_MODEL["image_size"])
+    records = load_coco_captions(annotation_path(shapes_root, "train"), shapes_root / "train")
+    folder = {item["image_id"]: item for item in CaptionDataset(records, transform)}
+    streamed = list(CaptionStreamingDataset(str(packed / "train"), transform))
+    assert sorted(item["image_id"] for item in streamed) == sorted(folder)  # each image once
+    for item in streamed:
+        expected = folder[item["image_id"]]
+        assert item["captions"] == expected["captions"]
+        assert item["image"].shape == expected["image"].shape == (3, 64, 64)
+        # JPEG at quality 90: close to the PNG, in normalised units where the pixel range spans about 4.4
+        assert (item["image"] - expected["image"]).abs().mean() < 0.05
+    # The references come from the captions file beside the chunks, scenes included (they ground shapes captions).
+    packed_records = {r.image_id: r for r in load_packed_records(str(packed / "train"))}
+    assert {i: (r.captions, r.scene) for i, r in packed_records.items()} == {
+        r.image_id: (r.captions, r.scene) for r in records
+    }
+
+
+def test_unreadable_image_is_left_out_of_the_pack_with_a_warning(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert PackRecord(64)(ImageRecord(1, broken, ["a caption"])) is None
+
+
+def test_prepare_refuses_a_folder_that_is_not_empty(packed):
+    from captioning.data import prepare
+
+    with pytest.raises(ValueError, match=r"--out .*val: not an empty folder"):  # `captioning` prints it on one line
+        prepare.main(["--dataset", "shapes", "--split", "val", "--out", str(packed / "val")])
+
+
+@pytest.mark.slow
+def test_two_processes_see_every_training_image_exactly_once_per_epoch(tmp_path, packed):
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    result = run_cli(*fit_args(packed, tmp_path / "runs", tmp_path / "seen", *ddp))
+    assert result.returncode == 0, result.stderr[-3000:]
+    batches = read_batches(tmp_path / "seen")
+    assert {b["rank"] for b in batches} == {0, 1}
+    all_ids = sorted(r.image_id for r in load_packed_records(str(packed / "train")))
+    orders = []
+    for epoch in (0, 1):
+        ids = [i for b in batches if b["epoch"] == epoch for i in b["ids"]]
+        assert sorted(ids) == all_ids  # every image, none twice, over both processes
+        for rank in (0, 1):
+            assert sum(len(b["ids"]) for b in batches if b["epoch"] == epoch and b["rank"] == rank) == 48
+        orders.append([i for b in batches if b["epoch"] == epoch and b["rank"] == 0 for i in b["ids"]])
+    assert orders[0] != orders[1]  # reshuffled each epoch
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, packed):
+    seen = tmp_path / "seen"
+    every_2 = "--last_checkpoint.every_n_train_steps=2"  # last.ckpt at steps 2, 4, ...: killed at 3, it holds step 2
+    killed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, kill_after_step=3))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    before = read_batches(seen)
+    assert [b["step"] for b in before] == [1, 2, 3]
+    (version,) = (tmp_path / "runs" / "shapes").iterdir()
+    last = version / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+    (seen / "rank0.jsonl").rename(tmp_path / "killed.jsonl")
+    resumed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, f"--ckpt_path={last}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_batches(seen)
+    assert [b["step"] for b in after] == list(range(3, 13))  # the global step goes on from the checkpoint's
+    assert after[0]["lr"] == before[2]["lr"]  # the learning-rate schedule goes on without a jump
+    assert after[0]["ids"] == before[2]["ids"]  # the first batch after the checkpoint, in the same order
+    all_ids = sorted(r.image_id for r in load_packed_records(str(packed / "train")))
+    first_epoch = [i for b in before[:2] + after if b["epoch"] == 0 for i in b["ids"]]
+    assert sorted(first_epoch) == all_ids  # the checkpointed batches and the remaining ones: each image once
+    assert sorted(i for b in after if b["epoch"] == 1 for i in b["ids"]) == all_ids
+    end = torch.load(last, map_location="cpu", weights_only=True)  # the resumed run goes on in the same folder
+    optimizer_steps = {int(s["step"]) for s in end["optimizer_states"][0]["state"].values()}
+    assert end["global_step"] == 12 and optimizer_steps == {12}  # the optimizer's state was restored, not renewed

@@ -1,0 +1,131 @@
+"""How `captioning` reports errors, run as a user runs it: a user error (a bad checkpoint, images missing from a
+test) is one line and a failing exit; anything unexpected keeps its traceback, followed by a one-line summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from lightning import Callback
+
+from captioning.cli import is_user_error
+from captioning.errors import UserError
+from tests.conftest import ROOT, TINY_SPLITS, run_cli, tiny_args
+from tests.training.test_faults import Payload
+
+pytestmark = pytest.mark.slow
+
+
+class OutOfMemoryAtSetup(Callback):
+    """Raises what CUDA raises when memory runs out: an error no user input explains."""
+
+    def setup(self, trainer, module, stage) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total)")
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_an_unexpected_error_keeps_its_traceback_then_a_one_line_summary(tmp_path, shapes_root):
+    callback = f"--trainer.callbacks+={__name__}.OutOfMemoryAtSetup"
+    result = run_cli(*tiny_args("fit", shapes_root, tmp_path, callback), cwd=ROOT)  # tests/ importable from ROOT
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "Traceback (most recent call last):" in lines, result.stderr[-3000:]
+    assert any(line.startswith("torch.OutOfMemoryError: CUDA out of memory") for line in lines)
+    (summary,) = _error_lines(result.stderr)
+    assert summary.startswith("error: unexpected OutOfMemoryError in `captioning fit`: CUDA out of memory")
+    assert lines.index(summary) > lines.index("Traceback (most recent call last):")
+
+
+def _bad_checkpoints(folder, good) -> dict:
+    """Checkpoints that must each be refused in one line: pickled code, truncated, and a torch file not ours."""
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    marker = folder / "the-payload-ran"
+    paths = {kind: folder / f"{kind}.ckpt" for kind in ("code", "truncated", "foreign")}
+    torch.save({**checkpoint, "payload": Payload(marker)}, paths["code"])
+    paths["truncated"].write_bytes(good.read_bytes()[:4096])
+    torch.save({"state_dict": checkpoint["state_dict"]}, paths["foreign"])
+    return {**paths, "marker": marker}
+
+
+MESSAGES = {"code": "refused and not run", "truncated": "not a readable checkpoint", "foreign": "not a captioning"}
+
+
+def test_every_checkpoint_loader_refuses_a_bad_checkpoint_in_one_line(tmp_path, checkpoint):
+    from captioning.checkpoint import load_checkpoint
+    from captioning.inference import Captioner
+    from captioning.training.checkpoint_io import AtomicCheckpointIO
+
+    bad = _bad_checkpoints(tmp_path, checkpoint)
+    # --model.init_from, `captioning caption` (and serve, export) and Lightning's --ckpt_path loader
+    for load in (load_checkpoint, Captioner.from_checkpoint, AtomicCheckpointIO().load_checkpoint):
+        for kind in ("code", "truncated"):
+            with pytest.raises(UserError, match=MESSAGES[kind]) as error:
+                load(bad[kind])
+            assert "\n" not in str(error.value) and str(bad[kind]) in str(error.value)
+    for load in (load_checkpoint, Captioner.from_checkpoint):  # Lightning reads it; the module's hook refuses it
+        with pytest.raises(UserError, match=MESSAGES["foreign"]):
+            load(bad["foreign"])
+    assert not bad["marker"].exists()
+
+
+@pytest.mark.parametrize(("kind", "command"), [("code", "test"), ("truncated", "caption")])
+def test_a_bad_checkpoint_is_a_one_line_error_through_the_cli(tmp_path, shapes_root, checkpoint, kind, command):
+    bad = _bad_checkpoints(tmp_path, checkpoint)
+    if command == "caption":
+        args = ["caption", "--checkpoint", str(bad[kind]), str(next((shapes_root / "test").iterdir()))]
+    else:
+        args = tiny_args(command, shapes_root, tmp_path / "run", f"--ckpt_path={bad[kind]}")
+    result = run_cli(*args)
+    assert result.returncode != 0
+    (error,) = _error_lines(result.stderr)
+    assert str(bad[kind]) in error and MESSAGES[kind] in error, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not bad["marker"].exists()
+
+
+def test_test_fails_when_an_image_could_not_be_scored_unless_allowed(tmp_path, shapes_root, checkpoint):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_root, data)
+    broken = sorted((data / "test").iterdir())[3]
+    broken.write_bytes(b"not a png")
+    result = run_cli(*tiny_args("test", data, tmp_path / "strict", f"--ckpt_path={checkpoint}"))
+    assert result.returncode == 1
+    (error,) = _error_lines(result.stderr)
+    assert error.startswith("error: 1 of the 16 test images were not scored") and "--allow_missing_images" in error
+    assert f"{broken.name}: cannot read image" in result.stderr
+    (metrics,) = (tmp_path / "strict").glob("**/metrics.json")
+    counts = {"images_scored": TINY_SPLITS["test"] - 1, "images_in_split": TINY_SPLITS["test"]}
+    assert json.loads(metrics.read_text()).items() >= counts.items()
+
+    allowed = run_cli(
+        *tiny_args("test", data, tmp_path / "allowed", f"--ckpt_path={checkpoint}"), "--allow_missing_images=true"
+    )
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    (metrics,) = (tmp_path / "allowed").glob("**/metrics.json")
+    assert json.loads(metrics.read_text()).items() >= counts.items()
+
+
+def _raise_from_a_library() -> None:
+    json.loads("{")
+
+
+def test_only_our_own_input_checks_count_as_user_errors():
+    from captioning.model.encoder import check_model_name
+
+    def caught(call) -> BaseException:
+        try:
+            call()
+        except Exception as error:  # noqa: BLE001 - the error itself is under test
+            return error
+        raise AssertionError("no error")
+
+    assert is_user_error(caught(lambda: check_model_name("resnet_5O")))  # our `raise ValueError(...)`
+    assert is_user_error(UserError("bad value"))
+    assert is_user_error(caught(lambda: open("/no/such/file")))
+    assert not is_user_error(caught(_raise_from_a_library))  # a ValueError from inside the json module
+    assert not is_user_error(caught(lambda: torch.ones(2).view(3)))  # a RuntimeError from torch
