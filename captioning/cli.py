@@ -35,6 +35,9 @@ COMMANDS = {
     "export": ("captioning.export", "export a checkpoint as safetensors or ONNX"),
     "prepare": ("captioning.data.prepare", "pack a split into streamed, sharded chunks for training"),
 }
+# The optional dependencies of a command: pyproject's extra that installs them.
+EXTRAS = {"serve": "serve", "export": "export", "prepare": "stream"}
+OPTIONAL = {"litserve", "fastapi", "multipart", "safetensors", "onnx", "onnxscript", "onnxruntime", "litdata"}
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -91,6 +94,12 @@ def main(args: Sequence[str] | None = None) -> int:
     except Exception as error:
         if os.environ.get("CAPTIONING_DEBUG"):
             raise
+        if isinstance(error, ModuleNotFoundError) and command in EXTRAS and error.name in OPTIONAL:
+            print(
+                f'error: `captioning {command}` needs {error.name}: pip install -e ".[{EXTRAS[command]}]"',
+                file=sys.stderr,
+            )
+            return 1
         if is_user_error(error):
             print(f"error: {one_line(error)}", file=sys.stderr)
             return 2 if isinstance(error, ArgumentError) else 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +131,16 @@ def test_only_our_own_input_checks_count_as_user_errors():
     assert is_user_error(caught(lambda: open("/no/such/file")))
     assert not is_user_error(caught(_raise_from_a_library))  # a ValueError from inside the json module
     assert not is_user_error(caught(lambda: torch.ones(2).view(3)))  # a RuntimeError from torch
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "extra"), [("serve", "litserve", "serve"), ("prepare", "litdata", "stream")]
+)
+def test_a_command_whose_extra_is_not_installed_says_which_to_install(command, module, extra):
+    args = [command, "--checkpoint", "x.ckpt"] if command == "serve" else [command, "--split", "test", "--out", "x"]
+    probe = f"import sys; sys.modules[{module!r}] = None; from captioning.cli import main; sys.exit(main({args!r}))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'error: `captioning {command}` needs {module}: pip install -e ".[{extra}]"'
+    ]
