@@ -25,7 +25,7 @@ EXAMPLES = """examples:
 PROGRESS_MIN_IMAGES = 32  # "many images": below this a bar only flickers
 
 
-def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
+def bounded_number(kind: type, low: float, high: float | None = None, low_open: bool = False):
     """An argparse type: a `kind` number in [low, high] (or (low, high] with low_open), with a clear message."""
 
     def parse(text: str):
@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint written by `captioning fit`")
     search = parser.add_argument_group("beam search (the default)")
     search.add_argument(
-        "--beam-size", metavar="K", type=_number(int, 1), default=None, help="beams per image (default: 3); 1 is greedy"
+        "--beam-size",
+        metavar="K",
+        type=bounded_number(int, 1),
+        default=None,
+        help="beams per image (default: 3); 1 is greedy",
     )
     search.add_argument(
         "--length-penalty",
@@ -66,43 +70,51 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--no-repeat-ngram-size",
         metavar="N",
-        type=_number(int, 0),
+        type=bounded_number(int, 0),
         default=0,
         help="forbid repeating n-grams of this size (default: 0, allowed)",
     )
     search.add_argument(
         "--max-length",
         metavar="N",
-        type=_number(int, 1),
+        type=bounded_number(int, 1),
         default=None,
         help="at most this many tokens (default: the model's)",
     )
     search.add_argument(
-        "--min-length", metavar="N", type=_number(int, 0), default=1, help="at least this many words (default: 1)"
+        "--min-length",
+        metavar="N",
+        type=bounded_number(int, 0),
+        default=1,
+        help="at least this many words (default: 1)",
     )
     sampling = parser.add_argument_group("sampling (--sample)")
     sampling.add_argument("--sample", action="store_true", help="draw captions (nucleus sampling) instead of search")
     sampling.add_argument(
         "--temperature",
         metavar="T",
-        type=_number(float, 0, low_open=True),
+        type=bounded_number(float, 0, low_open=True),
         default=1.0,
         help="< 1 sharper, > 1 flatter (default: 1.0)",
     )
     sampling.add_argument(
-        "--top-k", metavar="K", type=_number(int, 0), default=0, help="the k most probable words only (0: all)"
+        "--top-k", metavar="K", type=bounded_number(int, 0), default=0, help="the k most probable words only (0: all)"
     )
     sampling.add_argument(
         "--top-p",
         metavar="P",
-        type=_number(float, 0, 1, low_open=True),
+        type=bounded_number(float, 0, 1, low_open=True),
         default=1.0,
         help="nucleus: the smallest set of words with this mass (default: 1.0, all)",
     )
     sampling.add_argument("--seed", metavar="SEED", type=int, default=None, help="makes sampling reproducible")
     run = parser.add_argument_group("running")
     run.add_argument(
-        "--batch-size", metavar="N", type=_number(int, 1), default=16, help="images captioned together (default: 16)"
+        "--batch-size",
+        metavar="N",
+        type=bounded_number(int, 1),
+        default=16,
+        help="images captioned together (default: 16)",
     )
     run.add_argument(
         "--device", metavar="DEVICE", default=None, help="torch device, e.g. cpu or cuda (default: cuda if present)"

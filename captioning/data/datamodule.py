@@ -242,12 +242,12 @@ class CaptionDataModule(LightningDataModule):
         hp = self.hparams
         if hp.get("format", "folder") != "folder":
             raise ValueError(f"data.feature_cache reads image files: it needs data.format 'folder', not '{hp.format}'")
+        transform = build_transform(hp.encoder, hp.image_size)  # training without augmentation: as evaluation
+        config = data_config(hp.encoder, hp.image_size)
+        preprocessing = {k: config.get(k) for k in ("input_size", "mean", "std", "interpolation")}
+        preprocessing["transform"] = repr(transform)
         keys = {}
         for split in CACHED_SPLITS:
-            transform = build_transform(hp.encoder, hp.image_size)  # training without augmentation: as evaluation
-            config = data_config(hp.encoder, hp.image_size)
-            preprocessing = {k: config.get(k) for k in ("input_size", "mean", "std", "interpolation")}
-            preprocessing["transform"] = repr(transform)
             images = CaptionDataset(self.datasets[split].records, transform)
             keys[split] = cache_key(hp.encoder, encoder, hp.image_size, preprocessing, images.records)
             folder = Path(hp.feature_cache) / split
@@ -285,9 +285,7 @@ class CaptionDataModule(LightningDataModule):
             raise RuntimeError("the datamodule has no tokenizer: setup('fit') trains one from the training captions")
         collate = TrainCollate(self.tokenizer, self.hparams.captions_per_image, self.hparams.max_length)
         self._train_loader = self._loader("train", self.hparams.batch_size, collate, shuffle=True)
-        if self._train_loader_state is not None and hasattr(self._train_loader, "load_state_dict"):
-            self._train_loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
+        self._restore_train_loader()
         return self._train_loader
 
     def state_dict(self) -> dict:
@@ -299,8 +297,12 @@ class CaptionDataModule(LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._train_loader_state = state.get("train_loader")
+        self._restore_train_loader()  # when the loader was built before the restore
+
+    def _restore_train_loader(self) -> None:
+        """Hands a checkpoint's loader state to the train loader, once both are there."""
         loader = self._train_loader
-        if self._train_loader_state is not None and hasattr(loader, "load_state_dict"):  # built before the restore
+        if self._train_loader_state is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
 

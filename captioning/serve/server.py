@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from captioning.caption import _number
+from captioning.caption import bounded_number
 
 STATIC = Path(__file__).parent / "static"
 HOSTS = {"localhost": "127.0.0.1", "127.0.0.1": "127.0.0.1", "0.0.0.0": "0.0.0.0", "::": "::"}  # what LitServe binds
@@ -42,18 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)",
     )
-    parser.add_argument("--port", type=_number(int, 1024, 65535), default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--port", type=bounded_number(int, 1024, 65535), default=8000, help="TCP port (default: 8000)")
     parser.add_argument(
         "--max-batch-size",
         metavar="N",
-        type=_number(int, 1),
+        type=bounded_number(int, 1),
         default=16,
         help="requests captioned together at most (default: 16); 1 turns batching off",
     )
     parser.add_argument(
         "--batch-timeout",
         metavar="SECONDS",
-        type=_number(float, 0),
+        type=bounded_number(float, 0),
         default=0.01,
         help="how long a batch waits to fill up (default: 0.01)",
     )
@@ -66,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-upload-mb",
         metavar="MB",
-        type=_number(float, 0, low_open=True),
+        type=bounded_number(float, 0, low_open=True),
         default=10.0,
         help="largest image file accepted, in megabytes (default: 10); larger uploads get 413",
     )
     parser.add_argument(
-        "--threads", metavar="N", type=_number(int, 1), default=None, help="torch CPU threads of the model worker"
+        "--threads",
+        metavar="N",
+        type=bounded_number(int, 1),
+        default=None,
+        help="torch CPU threads of the model worker",
     )
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info", help="server log level"

@@ -20,21 +20,21 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from torchvision import transforms as T
 
-from captioning.caption import _number
+from captioning.caption import bounded_number
 from captioning.data.transforms import data_config, load_image
 
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and option fields, on top of the image's own bytes
 
 # Decoding options: the names of `captioning caption`'s flags (dashes as underscores), with the same ranges.
 OPTION_TYPES = {
-    "beam_size": _number(int, 1),
-    "max_length": _number(int, 1),
-    "min_length": _number(int, 0),
+    "beam_size": bounded_number(int, 1),
+    "max_length": bounded_number(int, 1),
+    "min_length": bounded_number(int, 0),
     "length_penalty": float,
-    "no_repeat_ngram_size": _number(int, 0),
-    "temperature": _number(float, 0, low_open=True),
-    "top_k": _number(int, 0),
-    "top_p": _number(float, 0, 1, low_open=True),
+    "no_repeat_ngram_size": bounded_number(int, 0),
+    "temperature": bounded_number(float, 0, low_open=True),
+    "top_k": bounded_number(int, 0),
+    "top_p": bounded_number(float, 0, 1, low_open=True),
     "seed": int,
 }
 FLAGS = ("sample", "attention")
