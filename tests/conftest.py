@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -20,19 +21,30 @@ TINY_MODEL = {"encoder": "test_convnext", "image_size": 64, "dim": 32, "depth": 
 TINY_SPLITS = {"train": 96, "val": 16, "test": 16}
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs `captioning ARGS` as a user would, in a subprocess."""
+def cli_env() -> dict[str, str]:
     # One thread: tiny models gain nothing from two, and lose several times over when the cores are busy.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "captioning", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `captioning ARGS` as a user would, in a subprocess."""
+    command = [sys.executable, "-m", "captioning", *args]
+    return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, log: Path) -> subprocess.Popen:
+    """Starts `captioning ARGS` in the background (to run beside another, or to kill), its stderr going to `log`."""
+    with log.open("w") as stderr:  # a file, not a pipe that nobody reads while the run goes on
+        command = [sys.executable, "-m", "captioning", *args]
+        return subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def last_validation_cider(run_dir: Path) -> float:
+    """The last validation CIDEr-D in the `metrics.csv` of the one run under `run_dir`."""
+    (version,) = (run_dir / "shapes").iterdir()  # a resumed run stays in its version_N
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    return float([row["val/CIDEr"] for row in rows if row.get("val/CIDEr")][-1])
 
 
 def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 
 class SeenImages(Callback):
     """Appends one JSON line per training batch to `folder/rank{R}.jsonl`: epoch, global step after the batch,
-    learning rate, and the batch's image ids.
+    learning rate, loss, and the batch's image ids.
 
     Args:
         folder: where the files go.
@@ -29,6 +29,7 @@ class SeenImages(Callback):
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "loss": float(outputs["loss"]),
             "ids": list(batch["image_ids"]),
         }
         with (self.folder / f"rank{trainer.global_rank}.jsonl").open("a") as file:

@@ -15,7 +15,7 @@ from captioning.data.datamodule import CaptionDataset
 from captioning.data.shapes import annotation_path
 from captioning.data.streaming import CaptionStreamingDataset, PackRecord, load_packed_records
 from captioning.data.transforms import build_transform
-from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, run_cli
+from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, last_validation_cider, run_cli, start_cli
 from tests.data.seen_images import read_batches
 
 BATCH = 16  # 96 training images: 6 batches on one process, 3 on each of two, none partial
@@ -119,11 +119,19 @@ def test_two_processes_see_every_training_image_exactly_once_per_epoch(tmp_path,
     assert orders[0] != orders[1]  # reshuffled each epoch
 
 
+EPOCHS, KILL_BATCH = 3, 8  # 36 steps at a higher learning rate: enough for the tiny model to score
+
+
 @pytest.mark.slow
-def test_run_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, packed):
-    seen = tmp_path / "seen"
+def test_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterrupted_one(tmp_path, packed):
+    seen, reference_seen = tmp_path / "seen", tmp_path / "reference-seen"
     every_2 = "--last_checkpoint.every_n_train_steps=2"  # last.ckpt at steps 2, 4, ...: killed at 3, it holds step 2
-    killed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, kill_after_step=3))
+    # No dropout, so that the resumed run can match the uninterrupted one step by step.
+    recipe = ["--model.dropout=0.0", "--model.warmup_steps=5", f"--trainer.max_epochs={EPOCHS}"]
+    recipe += [f"--data.batch_size={KILL_BATCH}", "--model.optimizer.init_args.lr=0.005"]
+    reference_args = fit_args(packed, tmp_path / "reference", reference_seen, every_2, *recipe)
+    reference = start_cli(*reference_args, log=tmp_path / "reference.log")  # beside the killed run, on the other core
+    killed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, *recipe, kill_after_step=3))
     assert killed.returncode == -9, killed.stderr[-3000:]
     before = read_batches(seen)
     assert [b["step"] for b in before] == [1, 2, 3]
@@ -132,16 +140,30 @@ def test_run_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, packed):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
 
     (seen / "rank0.jsonl").rename(tmp_path / "killed.jsonl")
-    resumed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, f"--ckpt_path={last}"))
+    resumed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, *recipe, f"--ckpt_path={last}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_batches(seen)
-    assert [b["step"] for b in after] == list(range(3, 13))  # the global step goes on from the checkpoint's
+    steps = EPOCHS * TINY_SPLITS["train"] // KILL_BATCH
+    assert [b["step"] for b in after] == list(range(3, steps + 1))  # the global step goes on from the checkpoint's
     assert after[0]["lr"] == before[2]["lr"]  # the learning-rate schedule goes on without a jump
     assert after[0]["ids"] == before[2]["ids"]  # the first batch after the checkpoint, in the same order
     all_ids = sorted(r.image_id for r in load_packed_records(str(packed / "train")))
     first_epoch = [i for b in before[:2] + after if b["epoch"] == 0 for i in b["ids"]]
     assert sorted(first_epoch) == all_ids  # the checkpointed batches and the remaining ones: each image once
-    assert sorted(i for b in after if b["epoch"] == 1 for i in b["ids"]) == all_ids
+    for epoch in range(1, EPOCHS):
+        assert sorted(i for b in after if b["epoch"] == epoch for i in b["ids"]) == all_ids
     end = torch.load(last, map_location="cpu", weights_only=True)  # the resumed run goes on in the same folder
     optimizer_steps = {int(s["step"]) for s in end["optimizer_states"][0]["state"].values()}
-    assert end["global_step"] == 12 and optimizer_steps == {12}  # the optimizer's state was restored, not renewed
+    assert end["global_step"] == steps and optimizer_steps == {steps}  # the optimizer's state was restored, not renewed
+
+    # The same batches, learning rates and losses as a run that was never killed, and the same final score.
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    expected = read_batches(reference_seen)
+    for got, want in zip(before[:2] + after, expected, strict=True):
+        assert (got["step"], got["epoch"], got["ids"]) == (want["step"], want["epoch"], want["ids"])
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-9), got["step"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-3), got["step"]
+    cider, reference_cider = last_validation_cider(tmp_path / "runs"), last_validation_cider(tmp_path / "reference")
+    print(f"\nfinal val CIDEr-D on the packed split: resumed {cider:.4f}, uninterrupted {reference_cider:.4f}")
+    assert reference_cider > 0
+    assert abs(cider - reference_cider) <= 0.02 * reference_cider

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.conftest import ROOT, TINY_SPLITS, run_cli, tiny_args
+from tests.conftest import ROOT, TINY_SPLITS, last_validation_cider, run_cli, start_cli, tiny_args
 
 BATCH_SIZE = 8
 STEPS_PER_EPOCH = TINY_SPLITS["train"] // BATCH_SIZE  # 12
@@ -72,24 +70,10 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def metrics_rows(run_dir: Path) -> list[dict]:
+def logged_training_steps(run_dir: Path) -> list[tuple[str, str]]:
     (version,) = (run_dir / "shapes").iterdir()  # a resumed run stays in its version_N
-    return list(csv.DictReader((version / "metrics.csv").open()))
-
-
-def last_validation_cider(rows: list[dict]) -> float:
-    return float([row["val/CIDEr"] for row in rows if row.get("val/CIDEr")][-1])
-
-
-def logged_training_steps(rows: list[dict]) -> list[tuple[str, str]]:
+    rows = csv.DictReader((version / "metrics.csv").open())
     return [(row["epoch"], row["step"]) for row in rows if row.get("train/loss")]
-
-
-def start_fit(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    command = [sys.executable, "-m", "captioning", *args]
-    with log.open("w") as stderr:  # a file, not a pipe that nobody reads while the run goes on
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def kill_after(process: subprocess.Popen, record: Path, step: int, log: Path, timeout: float = 240) -> None:
@@ -105,14 +89,11 @@ def kill_after(process: subprocess.Popen, record: Path, step: int, log: Path, ti
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterrupted_one(
-    tmp_path, shapes_root, monkeypatch
-):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model: one thread each, several times faster on busy cores
+def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterrupted_one(tmp_path, shapes_root):
     reference_record, record = tmp_path / "reference.jsonl", tmp_path / "killed.jsonl"
     reference_log = tmp_path / "reference.log"
-    reference = start_fit(fit_args(shapes_root, tmp_path / "reference", reference_record), reference_log)
-    killed = start_fit(fit_args(shapes_root, tmp_path / "run", record), tmp_path / "killed.log")
+    reference = start_cli(*fit_args(shapes_root, tmp_path / "reference", reference_record), log=reference_log)
+    killed = start_cli(*fit_args(shapes_root, tmp_path / "run", record), log=tmp_path / "killed.log")
     kill_after(killed, record, KILL_AFTER_STEP, tmp_path / "killed.log")
     killed_steps = [r["step"] for r in read_records(record)]
     last = tmp_path / "run" / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
@@ -141,9 +122,9 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninter
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-9), got["step"]
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-3), got["step"]
 
-    rows, reference_rows = metrics_rows(tmp_path / "run"), metrics_rows(tmp_path / "reference")
-    assert logged_training_steps(rows) == logged_training_steps(reference_rows)  # the curve has no step twice
-    cider, reference_cider = last_validation_cider(rows), last_validation_cider(reference_rows)
+    # the curve has no step twice
+    assert logged_training_steps(tmp_path / "run") == logged_training_steps(tmp_path / "reference")
+    cider, reference_cider = last_validation_cider(tmp_path / "run"), last_validation_cider(tmp_path / "reference")
     loss_gap = max(abs(got["loss"] / want["loss"] - 1) for got, want in zip(continued, expected, strict=True))
     print(f"\nsteps lost to the kill: {lost} (interval {INTERVAL}); largest relative loss difference per step "
           f"{loss_gap:.1e}; final val CIDEr-D resumed {cider:.4f}, uninterrupted {reference_cider:.4f}")  # fmt: skip
