@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
@@ -37,6 +37,9 @@ SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
 # Splits that `feature_cache` serves as encoder tokens. Validation and test read images: they score what
 # `captioning caption` does (the whole model, full precision), and they run from checkpoints without a fit.
 CACHED_SPLITS = ("train",)
+# What `data.stream_options` may set on LitData's StreamingDataset: where and how chunks are fetched and cached, not
+# what a process sees (order, sharding and subsampling stay ours, so that each image comes once per epoch).
+STREAM_OPTIONS = ("cache_dir", "max_cache_size", "max_pre_download", "storage_options", "session_options")
 
 
 class CaptionDataset(Dataset):
@@ -131,6 +134,9 @@ class CaptionDataModule(LightningDataModule):
         format: "folder" reads image files (small data, the built-in sets); "litdata" streams the splits that
             `captioning prepare` packed into LitData chunks (COCO scale, several processes and nodes).
         streams: litdata: the packed folder or object-store URL per split, e.g. {"train": "s3://bucket/coco/train"}.
+        stream_options: litdata: keyword arguments for every split's `litdata.StreamingDataset`, e.g.
+            {"cache_dir": "/nvme/chunks", "max_cache_size": "200GB", "storage_options": {"endpoint_url": URL}};
+            each split caches its chunks in its own folder under cache_dir.
     """
 
     def __init__(
@@ -157,10 +163,14 @@ class CaptionDataModule(LightningDataModule):
         feature_cache: str | None = None,
         format: Literal["folder", "litdata"] = "folder",
         streams: dict[str, str] | None = None,
+        stream_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if feature_cache and augment:
             raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
+        for key in stream_options or {}:
+            if key not in STREAM_OPTIONS:
+                raise ValueError(f"data.stream_options.{key}: not one of {', '.join(STREAM_OPTIONS)}")
         self.save_hyperparameters()
         self.tokenizer: CaptionTokenizer | None = None
         self.datasets: dict[str, CaptionDataset] = {}
@@ -183,7 +193,7 @@ class CaptionDataModule(LightningDataModule):
         if hp.format == "litdata":
             from captioning.data.streaming import load_packed_records
 
-            return load_packed_records(self._stream(split))
+            return load_packed_records(self._stream(split), (hp.stream_options or {}).get("storage_options"))
         if hp.dataset == "shapes":
             return load_coco_captions(annotation_path(self.shapes_root, split), Path(self.shapes_root) / split)
         if hp.dataset == "karpathy":
@@ -217,7 +227,12 @@ class CaptionDataModule(LightningDataModule):
         # Training: a new order each epoch, the same on every process (LitData shards it); evaluation: each image once.
         train = split == "train"
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return CaptionStreamingDataset(self._stream(split), transform, shuffle=train, drop_last=train, seed=seed)
+        options = dict(self.hparams.stream_options or {})
+        if "cache_dir" in options:  # a folder per split: each split's chunks and index have the same names
+            options["cache_dir"] = os.path.join(options["cache_dir"], split)
+        return CaptionStreamingDataset(
+            self._stream(split), transform, shuffle=train, drop_last=train, seed=seed, **options
+        )
 
     def _stream(self, split: str) -> str:
         if split not in (self.hparams.streams or {}):

@@ -89,7 +89,7 @@ class CaptionStreamingDataset(StreamingDataset):
         super().__init__(str(input_dir), shuffle=shuffle, drop_last=drop_last, seed=seed, **kwargs)
         # not `self.transform`: StreamingDataset applies an attribute of that name to the raw sample itself
         self.image_transform = transform
-        self.records = load_packed_records(str(input_dir))
+        self.records = load_packed_records(str(input_dir), kwargs.get("storage_options"))
 
     @property
     def num_images(self) -> int:
@@ -144,26 +144,32 @@ def is_remote(location: str) -> bool:
     return str(location).startswith(REMOTE_PREFIXES)
 
 
-def read_packed_file(input_dir: str, name: str, what: str) -> dict:
-    """A JSON file that `captioning prepare` wrote beside the chunks, from a folder or object storage."""
+def read_packed_file(input_dir: str, name: str, what: str, storage_options: dict | None = None) -> dict:
+    """A JSON file that `captioning prepare` wrote beside the chunks, from a folder or object storage (reached with
+    LitData's `storage_options`, e.g. {"endpoint_url": ...} for an S3-compatible store)."""
     if not is_remote(input_dir):
         return read_json(Path(input_dir) / name, what)
     from litdata.streaming.downloader import get_downloader
 
+    url = f"{input_dir.rstrip('/')}/{name}"
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, name)
         try:
-            get_downloader(input_dir, folder, []).download_file(f"{input_dir.rstrip('/')}/{name}", local)
-        except Exception as error:  # each object store raises its own kind
-            raise FileNotFoundError(f"{what} not found: {input_dir.rstrip('/')}/{name} ({error})") from None
+            get_downloader(input_dir, folder, [], storage_options).download_file(url, local)
+        except Exception as error:  # each object store raises its own kind, some over many lines
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise FileNotFoundError(f"{what} not found: {url} ({reason})") from None
+        if not os.path.exists(local):  # some downloaders pass over a missing object in silence
+            raise FileNotFoundError(f"{what} not found: {url}")
         return read_json(local, what)
 
 
-def load_packed_records(input_dir: str) -> list[ImageRecord]:
+def load_packed_records(input_dir: str, storage_options: dict | None = None) -> list[ImageRecord]:
     """The images and captions of a packed split, read from its captions file (no image is read); `path` is the
     image's original file name."""
     path = f"{str(input_dir).rstrip('/')}/{CAPTIONS_FILE}"
-    data = read_packed_file(str(input_dir), CAPTIONS_FILE, "captions file of a packed split (captioning prepare)")
+    what = "captions file of a packed split (captioning prepare)"
+    data = read_packed_file(str(input_dir), CAPTIONS_FILE, what, storage_options)
     captions: dict = {}
     try:
         for annotation in data["annotations"]:

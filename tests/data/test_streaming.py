@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from captioning.data.coco import ImageRecord, load_coco_captions
 from captioning.data.datamodule import CaptionDataset
@@ -19,26 +18,6 @@ from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, last_validation_cider,
 from tests.data.seen_images import read_batches
 
 BATCH = 16  # 96 training images: 6 batches on one process, 3 on each of two, none partial
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory, shapes_root) -> Path:
-    """The tiny shapes splits packed into `packed/{train,val,test}`: train through the CLI as a user runs it, the
-    others in this process (the same `main`), to spare two interpreter start-ups."""
-    from captioning.data import prepare
-
-    folder = tmp_path_factory.mktemp("packed")
-    config = folder / "data.yaml"
-    data = {"dataset": "shapes", "root": str(shapes_root), "shapes_image_size": 64, "shapes_split_sizes": TINY_SPLITS}
-    model = {"encoder": TINY_MODEL["encoder"], "image_size": TINY_MODEL["image_size"]}
-    config.write_text(yaml.safe_dump({"model": model, "data": data}))
-    result = run_cli("prepare", "--config", str(config), "--split", "train", "--out", str(folder / "train"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "packed 96 images of split 'train' at 64x64" in result.stdout
-    for split in ("val", "test"):
-        args = ["--config", str(config), "--split", split, "--out", str(folder / split), "--workers", "1"]
-        assert prepare.main(args) == 0
-    return folder
 
 
 def streams(packed: Path) -> str:
