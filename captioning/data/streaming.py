@@ -44,7 +44,7 @@ class PackRecord:
 
     def __call__(self, record: ImageRecord) -> dict | None:
         try:
-            image = load_image(record.path)
+            image = load_image(record.path, size=self.size)  # a JPEG decodes at the smallest DCT scale that covers it
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             return None
