@@ -31,6 +31,7 @@ from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
+from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
 
 
@@ -112,9 +113,7 @@ class CaptioningModule(LightningModule):
         self._step_started = 0.0
         self.skipped_images = 0
         self.skipped_batches = 0  # batches without a readable image, trained on a zero-weight placeholder
-        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, this run
-        self._nonfinite_in_a_row = 0
-        self._losses_finite: torch.Tensor | None = None  # of the backward passes since the last optimizer step
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -330,40 +329,23 @@ class CaptioningModule(LightningModule):
 
     # ------------------------------------------------------------------------------------- non-finite guard
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        finite = loss.detach().isfinite().all()
-        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+        self.nonfinite.observe_loss(loss)
         super().backward(loss, *args, **kwargs)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Skips the step (drops the gradients, so the optimizer leaves every weight alone) when a loss or a
-        gradient is NaN or inf on any process, and stops the run after `max_nonfinite_steps` such steps in a row.
-
-        Lightning calls it after mixed precision unscales the gradients and before it clips them. The decision is
-        reduced over all processes, so that every process skips the same steps and the replicas stay equal.
-        """
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else torch.tensor(True)
-        if self._losses_finite is not None:
-            finite = finite & self._losses_finite.to(finite.device)
-        self._losses_finite = None
-        if not self.trainer.strategy.reduce((~finite).float().to(self.device), reduce_op="max"):
-            self._nonfinite_in_a_row = 0
+        """Lightning calls it after mixed precision unscales the gradients and before it clips them."""
+        if not self.nonfinite.skip_step(optimizer, self._on_any_process):
             return
-        optimizer.zero_grad(set_to_none=True)  # optimizers skip parameters without a gradient: no update, no decay
-        self.nonfinite_steps += 1
-        self._nonfinite_in_a_row += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-        limit = self.hparams.max_nonfinite_steps
+        guard = self.nonfinite
+        self.log("train/nonfinite_steps", float(guard.skipped))
         rank_zero_warn(
-            f"step {self.global_step}: non-finite loss or gradient, step skipped ({self._nonfinite_in_a_row} in a "
-            f"row, {self.nonfinite_steps} in this run; the run stops at {limit} in a row)"
+            f"step {self.global_step}: non-finite loss or gradient, step skipped ({guard.in_a_row} in a row, "
+            f"{guard.skipped} in this run; the run stops at {guard.limit} in a row)"
         )
-        if self._nonfinite_in_a_row >= limit:
-            raise TrainingDiverged(
-                f"training diverged: {limit} optimizer steps in a row had a non-finite loss or gradient (up to step "
-                f"{self.global_step}); the weights and checkpoints are those of the last good step. Lower the "
-                "learning rate, train in bf16 or fp32 rather than fp16, or raise model.max_nonfinite_steps"
-            )
+        guard.check_limit(self.global_step)
+
+    def _on_any_process(self, flag: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(flag.float().to(self.device), reduce_op="max")
 
     # ---------------------------------------------------------------------------------- validation and test
     def _never_tokens(self) -> list[int]:

@@ -79,7 +79,7 @@ def test_a_nan_batch_is_skipped_and_counted_and_training_goes_on(shapes_root, on
     torch.manual_seed(0)
     poison = PoisonPixels(range(2, 3))
     module = _fit(shapes_root, [poison], max_steps=5)
-    assert module.nonfinite_steps == 1 and module.global_step == 5
+    assert module.nonfinite.skipped == 1 and module.global_step == 5
     before, after = poison.weights_around["before"], poison.weights_around["after"]
     assert all(torch.equal(before[k], after[k]) for k in before)  # the poisoned step changed no weight
     final = _weights(module)
