@@ -28,8 +28,11 @@ def checkpoint_metadata(config: ModelConfig, tokenizer: CaptionTokenizer) -> dic
     return {"format": FORMAT_VERSION, "model_config": config.to_dict(), "tokenizer": tokenizer.to_json()}
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """The checkpoint's dictionary, loaded with `weights_only=True`: tensors and plain Python values only.
+
+    With `mmap`, tensors stay on disk until touched (CPU only): reading the model config and the tokenizer of a
+    checkpoint of a few GB then costs milliseconds.
 
     Raises:
         FileNotFoundError: no such file.
@@ -40,7 +43,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as error:
         raise unreadable(path, error) from None
     if not isinstance(checkpoint, dict):
@@ -64,14 +67,16 @@ def _reason(error: Exception) -> str:
     return lines[0].split(". ")[0]  # the first sentence
 
 
-def load_checkpoint(path: str | Path) -> tuple[ModelConfig, CaptionTokenizer, dict[str, torch.Tensor]]:
-    """Reads a captioning checkpoint safely.
+def load_checkpoint(
+    path: str | Path, mmap: bool = False
+) -> tuple[ModelConfig, CaptionTokenizer, dict[str, torch.Tensor]]:
+    """Reads a captioning checkpoint safely (`mmap`: see `read_checkpoint`).
 
     Returns:
         The model config, the tokenizer and the model's state dict (keys without the "model." prefix).
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, mmap=mmap)
     meta = checkpoint.get("captioning")
     if not isinstance(meta, dict) or "model_config" not in meta or "tokenizer" not in meta:
         raise CheckpointError(

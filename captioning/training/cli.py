@@ -76,7 +76,7 @@ class CaptioningCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") or self.config[subcommand].model.get("init_from")
         if not path or not Path(path).is_file():  # Lightning's "best" and "last", or a missing file: reported later
             return
-        config, _, _ = load_checkpoint(path)
+        config, _, _ = load_checkpoint(path, mmap=True)  # the config only: Lightning reads the weights later
         architecture = {**config.to_dict(), "pretrained": False}  # its trained weights replace any pretrained ones
         del architecture["vocab_size"]  # the checkpoint's tokenizer decides it
         self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)  # links follow
