@@ -119,7 +119,8 @@ class CaptioningModule(LightningModule):
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
         """Builds the model for a new run: from `init_from`, or from the hyper-parameters and the datamodule's
-        tokenizer. A resumed run's model is rebuilt from its own checkpoint (`on_load_checkpoint`)."""
+        tokenizer. A resumed run's model is rebuilt from its own checkpoint (`on_load_checkpoint`), which Lightning
+        reads after this hook."""
         if self.model is not None:
             return
         hp = self.hparams
@@ -129,7 +130,6 @@ class CaptioningModule(LightningModule):
             config, tokenizer, state = load_checkpoint(hp.init_from)
             self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
             self.model.load_state_dict(state)
-            self._use_feature_cache()
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
@@ -139,7 +139,6 @@ class CaptioningModule(LightningModule):
                 **{k: hp[k] for k in ("num_heads", "mlp_ratio", "max_length", "dropout")},
             )
             self._build(config, datamodule.tokenizer)
-            self._use_feature_cache()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         entry = checkpoint.get("captioning")
@@ -148,11 +147,6 @@ class CaptioningModule(LightningModule):
         config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
-        if self._feature_cache_wanted():  # a resumed run trains on the tokens of its own frozen encoder
-            prefix = "model.encoder."
-            state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-            self.model.encoder.load_state_dict(state)  # Lightning loads the same weights right after this hook
-            self._use_feature_cache()
 
     def _feature_cache_wanted(self) -> bool:
         datamodule = self.trainer.datamodule
@@ -160,8 +154,9 @@ class CaptioningModule(LightningModule):
 
     def _use_feature_cache(self) -> None:
         """Hands the frozen encoder to the datamodule, which computes its tokens of the training images once and
-        serves them instead of the images: on the first process while the others wait, before any loader is built
-        (configure_optimizers builds the training loader). Checkpoints still hold the whole model, encoder included."""
+        serves them instead of the images: on the first process while the others wait. Called from
+        configure_optimizers: after a resumed run's weights are loaded (it trains on its own encoder's tokens) and
+        before the training loader is built. Checkpoints still hold the whole model, encoder included."""
         if not self._feature_cache_wanted():
             return
         if not self.model.config.freeze_encoder:
@@ -198,6 +193,7 @@ class CaptioningModule(LightningModule):
     on_validation_start = on_test_start = on_predict_start = _require_model
 
     def configure_optimizers(self):
+        self._use_feature_cache()
         hp = self.hparams
         groups = parameter_groups(self.model, hp.encoder_lr_scale, hp.layer_decay)
         optimizer = self.optimizer_factory(groups)

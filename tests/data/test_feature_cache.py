@@ -77,6 +77,7 @@ def test_a_resumed_run_trains_on_the_tokens_of_its_checkpoints_encoder(shapes_ro
     encoder = frozen_encoder()
     encoder.load_state_dict({k.removeprefix("model.encoder."): v for k, v in state.items() if "model.encoder." in k})
     assert data.feature_caches["train"].key["weights_sha256"] == weights_digest(encoder)
+    assert data.feature_caches["train"].fill_seconds is None  # the first run's cache, not filled for the fresh encoder
     assert "features" in data.datasets["train"][0]
 
 
