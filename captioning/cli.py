@@ -35,7 +35,8 @@ COMMANDS = {
     "export": ("captioning.export", "export a checkpoint as safetensors or ONNX"),
     "prepare": ("captioning.data.prepare", "pack a split into streamed, sharded chunks for training"),
 }
-# The optional dependencies of a command: pyproject's extra that installs them.
+# The optional dependencies of a command: pyproject's extra that installs them, and their import names (a missing
+# module cannot be traced to its distribution, and the names differ: multipart comes from python-multipart).
 EXTRAS = {"serve": "serve", "export": "export", "prepare": "stream"}
 OPTIONAL = {"litserve", "fastapi", "multipart", "safetensors", "onnx", "onnxscript", "onnxruntime", "litdata"}
 PACKAGE = Path(__file__).resolve().parent
