@@ -161,7 +161,10 @@ class CaptioningModule(LightningModule):
             return
         if not self.model.config.freeze_encoder:
             raise ValueError("data.feature_cache needs model.freeze_encoder true: a trained encoder's tokens change")
-        strategy, datamodule, keys = self.trainer.strategy, self.trainer.datamodule, None
+        strategy = self.trainer.strategy
+        if strategy.restore_checkpoint_after_setup:  # a resumed run's encoder would arrive after its tokens
+            raise ValueError(f"data.feature_cache does not work with {type(strategy).__name__}: use ddp or one device")
+        datamodule, keys = self.trainer.datamodule, None
         if strategy.is_global_zero:
             encoder = self.model.encoder.to(strategy.root_device)
             keys = datamodule.fill_feature_cache(encoder, self.trainer.precision_plugin.forward_context)
