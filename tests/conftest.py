@@ -40,11 +40,14 @@ def start_cli(*args: str, log: Path) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def last_validation_cider(run_dir: Path) -> float:
-    """The last validation CIDEr-D in the `metrics.csv` of the one run under `run_dir`."""
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of `metrics.csv` of the one run under `run_dir`."""
     (version,) = (run_dir / "shapes").iterdir()  # a resumed run stays in its version_N
-    rows = list(csv.DictReader((version / "metrics.csv").open()))
-    return float([row["val/CIDEr"] for row in rows if row.get("val/CIDEr")][-1])
+    return list(csv.DictReader((version / "metrics.csv").open()))
+
+
+def last_validation_cider(run_dir: Path) -> float:
+    return float([row["val/CIDEr"] for row in metrics_rows(run_dir) if row.get("val/CIDEr")][-1])
 
 
 def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list[str]:

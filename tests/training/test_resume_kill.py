@@ -6,7 +6,6 @@ optimizer's step counts), so the resumed run can be compared step by step with a
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.conftest import ROOT, TINY_SPLITS, last_validation_cider, run_cli, start_cli, tiny_args
+from tests.conftest import ROOT, TINY_SPLITS, last_validation_cider, metrics_rows, run_cli, start_cli, tiny_args
 
 BATCH_SIZE = 8
 STEPS_PER_EPOCH = TINY_SPLITS["train"] // BATCH_SIZE  # 12
@@ -71,9 +70,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 def logged_training_steps(run_dir: Path) -> list[tuple[str, str]]:
-    (version,) = (run_dir / "shapes").iterdir()  # a resumed run stays in its version_N
-    rows = csv.DictReader((version / "metrics.csv").open())
-    return [(row["epoch"], row["step"]) for row in rows if row.get("train/loss")]
+    return [(row["epoch"], row["step"]) for row in metrics_rows(run_dir) if row.get("train/loss")]
 
 
 def kill_after(process: subprocess.Popen, record: Path, step: int, log: Path, timeout: float = 240) -> None:
