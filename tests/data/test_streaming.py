@@ -73,6 +73,13 @@ def test_unreadable_image_is_left_out_of_the_pack_with_a_warning(tmp_path):
         assert PackRecord(64)(ImageRecord(1, broken, ["a caption"])) is None
 
 
+def test_stream_options_that_would_change_what_a_process_sees_are_refused():
+    from captioning.data.datamodule import CaptionDataModule
+
+    with pytest.raises(ValueError, match=r"data.stream_options.subsample: not one of cache_dir, max_cache_size"):
+        CaptionDataModule(format="litdata", stream_options={"cache_dir": "/tmp/chunks", "subsample": 0.5})
+
+
 def test_prepare_refuses_a_folder_that_is_not_empty(packed):
     from captioning.data import prepare
 
