@@ -129,8 +129,8 @@ class CaptionDataModule(LightningDataModule):
             (two to six shapes in counted groups on textured backgrounds, captions written as people write them).
         predict_split: the split that `captioning predict` captions into predictions.json.
         feature_cache: a folder for the frozen encoder's tokens of the training images, computed once (float16,
-            memory-mapped) and read instead of the images; rebuilt when the encoder, its weights, the image size,
-            the preprocessing or the images change. Needs model.freeze_encoder true and augment false.
+            memory-mapped) and read instead of the images; rebuilt when the encoder, its weights or output stride, the
+            image size, the preprocessing or the images change. Needs model.freeze_encoder true and augment false.
         format: "folder" reads image files (small data, the built-in sets); "litdata" streams the splits that
             `captioning prepare` packed into LitData chunks (COCO scale, several processes and nodes).
         streams: litdata: the packed folder or object-store URL per split, e.g. {"train": "s3://bucket/coco/train"}.

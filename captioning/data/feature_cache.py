@@ -1,9 +1,9 @@
 """A frozen encoder's tokens of a split, computed once and read back instead of the images.
 
-One folder per split holds `key.json` (what the tokens depend on: encoder name, a hash of its weights, image size,
-preprocessing, and the split's images), `features.npy` (N, M, C_enc) float16, memory-mapped when read, and
-`index.json` (the image id of each row, and the rows whose image could not be read). A folder is written beside its
-final place and renamed into it, so a killed fill leaves no half cache; a different key rebuilds it.
+One folder per split holds `key.json` (what the tokens depend on: encoder name, a hash of its weights, its output
+stride, image size, preprocessing, and the split's images), `features.npy` (N, M, C_enc) float16, memory-mapped when
+read, and `index.json` (the image id of each row, and the rows whose image could not be read). A folder is written
+beside its final place and renamed into it, so a killed fill leaves no half cache; a different key rebuilds it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def cache_key(encoder_name: str, encoder: nn.Module, image_size: int | None, pre
 
     Args:
         encoder_name: timm model name.
-        encoder: the frozen encoder, hashed (weights and buffers).
+        encoder: the frozen encoder, hashed (weights and buffers); its `output_stride` (an `ImageEncoder`'s, None
+            for the trunk's own) changes the tokens without changing the weights.
         image_size: square input size, None for the encoder's default.
         preprocessing: the transform's settings (mean, std, interpolation, input size, and its repr).
         records: the split's images, in the order of the rows.
@@ -68,6 +69,7 @@ def cache_key(encoder_name: str, encoder: nn.Module, image_size: int | None, pre
         "format": FORMAT_VERSION,
         "encoder": encoder_name,
         "weights_sha256": weights_digest(encoder),
+        "output_stride": getattr(encoder, "output_stride", None),
         "image_size": image_size,
         "preprocessing": json.loads(json.dumps(preprocessing, default=str)),  # tuples -> lists, as read back
         "num_images": len(records),

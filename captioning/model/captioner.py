@@ -24,6 +24,7 @@ class ModelConfig:
     pretrained: bool = False
     freeze_encoder: bool = False
     image_size: int | None = None
+    encoder_output_stride: int | None = None
     dim: int = 256
     depth: int = 3
     num_heads: int = 4
@@ -49,7 +50,9 @@ class CaptioningModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageEncoder(config.encoder, config.pretrained, config.freeze_encoder, config.image_size)
+        self.encoder = ImageEncoder(
+            config.encoder, config.pretrained, config.freeze_encoder, config.image_size, config.encoder_output_stride
+        )
         self.projection = nn.Sequential(nn.Linear(self.encoder.feature_dim, config.dim), nn.LayerNorm(config.dim))
         # CNN feature maps carry no position of their own: without this, "left of" and "above" are invisible.
         self.memory_pos = nn.Parameter(torch.zeros(1, self.encoder.num_tokens, config.dim))

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from captioning.errors import UserError
 from captioning.timm_names import check_model_name
 
 
@@ -21,11 +22,20 @@ class ImageEncoder(nn.Module):
         grid_size: (H', W'), the patch or feature-map grid that the spatial tokens cover.
         num_prefix_tokens: leading tokens that are not on the grid (class and register tokens of a ViT).
         num_tokens: M, all tokens per image at the configured input size.
+        output_stride: the trunk's output stride as configured, None for the model's own (32 for most CNNs).
     """
 
-    def __init__(self, name: str, pretrained: bool = False, freeze: bool = False, image_size: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        freeze: bool = False,
+        image_size: int | None = None,
+        output_stride: int | None = None,
+    ):
         super().__init__()
-        self.trunk = create_trunk(name, pretrained, image_size)
+        self.trunk = create_trunk(name, pretrained, image_size, output_stride)
+        self.output_stride = output_stride
         self.freeze = freeze
         if freeze:
             self.trunk.requires_grad_(False)
@@ -134,17 +144,39 @@ def _meta_forward(trunk: nn.Module, size: int) -> tuple[Tensor, dict[str, Tensor
     return torch.func.functional_call(_Features(trunk), stand_ins, (image,)), params
 
 
-def create_trunk(name: str, pretrained: bool, image_size: int | None) -> nn.Module:
-    """timm.create_model with the classifier removed and clear errors for unknown names and missing weights."""
+def create_trunk(name: str, pretrained: bool, image_size: int | None, output_stride: int | None = None) -> nn.Module:
+    """timm.create_model with the classifier removed and clear errors for unknown names and missing weights.
+
+    Args:
+        name: timm model name.
+        pretrained: load timm's pretrained weights.
+        image_size: square input size, for models that are built for one (ViTs); CNNs take any size.
+        output_stride: input pixels per feature-map cell, e.g. 16 instead of a CNN's 32: timm dilates the last
+            stages instead of striding them (same weights, a 2x finer grid, more compute). None: the model's own.
+    """
     check_model_name(name)
     kwargs = {"img_size": image_size} if image_size else {}
+    if output_stride:
+        kwargs["output_stride"] = output_stride
     try:
         try:
-            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-        except TypeError:  # CNNs take any input size and have no img_size argument
-            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+            return _create_model(name, pretrained, kwargs)
+        except TypeError as error:
+            if not output_stride or "'output_stride'" not in str(error):
+                raise
+            raise UserError(  # ViTs and a few other families have no output stride
+                f"model.encoder_output_stride: timm model '{name}' has no output_stride option (CNNs such as "
+                "ResNets and ConvNeXts have one); leave it unset (null) for this encoder"
+            ) from None
+        except AssertionError as error:  # timm's check of the stride's value, e.g. a ResNet's 8, 16 or 32
+            if not output_stride:
+                raise
+            raise UserError(
+                f"model.encoder_output_stride: timm model '{name}' cannot run at output stride {output_stride} "
+                f"({str(error).strip() or 'timm refused it'}); most CNNs take 8, 16 or 32"
+            ) from None
     except Exception as error:
-        if not pretrained:
+        if not pretrained or isinstance(error, UserError):
             raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RuntimeError(
@@ -152,3 +184,14 @@ def create_trunk(name: str, pretrained: bool, image_size: int | None) -> nn.Modu
             "the Hugging Face Hub on first use: connect once, point HF_HOME at a cache that has them, "
             "or set pretrained: false"
         ) from error
+
+
+def _create_model(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    """timm.create_model without a classifier; `img_size` is dropped for models that take any size (CNNs)."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except TypeError as error:
+        if "'img_size'" not in str(error):
+            raise
+    kwargs = {key: value for key, value in kwargs.items() if key != "img_size"}
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)

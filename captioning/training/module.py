@@ -43,6 +43,9 @@ class CaptioningModule(LightningModule):
         pretrained: load the encoder's pretrained timm weights.
         freeze_encoder: keep the encoder's weights fixed.
         image_size: square input size in pixels, None for the encoder's default.
+        encoder_output_stride: input pixels per memory token of a CNN encoder, e.g. 16 instead of its 32: timm
+            dilates the last stage instead of striding it (same weights, 4x the memory tokens, more compute).
+            None: the encoder's own. Transformers have none.
         dim: decoder width D.
         depth: number of decoder blocks.
         num_heads: attention heads per block.
@@ -76,6 +79,7 @@ class CaptioningModule(LightningModule):
         pretrained: bool = False,
         freeze_encoder: bool = False,
         image_size: int | None = None,
+        encoder_output_stride: int | None = None,
         dim: int = 256,
         depth: int = 3,
         num_heads: int = 4,
@@ -133,11 +137,9 @@ class CaptioningModule(LightningModule):
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
-            config = ModelConfig(
-                vocab_size=datamodule.tokenizer.vocab_size,
-                **{k: hp[k] for k in ("encoder", "pretrained", "freeze_encoder", "image_size", "dim", "depth")},
-                **{k: hp[k] for k in ("num_heads", "mlp_ratio", "max_length", "dropout")},
-            )
+            architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
+            architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout")
+            config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

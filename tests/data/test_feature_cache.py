@@ -35,9 +35,9 @@ def datamodule(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
     return data
 
 
-def frozen_encoder(image_size=64, seed=0) -> ImageEncoder:
+def frozen_encoder(image_size=64, seed=0, output_stride=None) -> ImageEncoder:
     torch.manual_seed(seed)
-    return ImageEncoder(TINY_MODEL["encoder"], freeze=True, image_size=image_size)
+    return ImageEncoder(TINY_MODEL["encoder"], freeze=True, image_size=image_size, output_stride=output_stride)
 
 
 class FirstLoss(L.Callback):
@@ -115,11 +115,13 @@ def test_the_cache_holds_the_encoders_tokens_and_a_second_run_reuses_it(shapes_r
     assert features.stat().st_mtime_ns == written
 
 
-@pytest.mark.parametrize("change", ["encoder weights", "image size"])
+@pytest.mark.parametrize("change", ["encoder weights", "output stride", "image size"])
 def test_the_cache_is_rebuilt_when_its_key_changes(shapes_root, tmp_path, change):
     datamodule(shapes_root, tmp_path).fill_feature_cache(frozen_encoder())
     if change == "encoder weights":
         data, encoder = datamodule(shapes_root, tmp_path), frozen_encoder(seed=1)
+    elif change == "output stride":  # the same weights, a 4x4 grid instead of 2x2
+        data, encoder = datamodule(shapes_root, tmp_path), frozen_encoder(output_stride=16)
     else:
         data, encoder = datamodule(shapes_root, tmp_path, image_size=32), frozen_encoder(image_size=32)
     keys = data.fill_feature_cache(encoder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captioning.errors import UserError
 from captioning.model import Attention, CaptioningModel, ImageEncoder, ModelConfig
 from captioning.model.generation import greedy_decode
 from tests.conftest import TINY_MODEL
@@ -88,6 +89,28 @@ def test_encoder_turns_transformers_and_cnns_into_tokens(name, grid, prefix):
     tokens = encoder(torch.randn(2, 3, 64, 64))
     assert encoder.grid_size == grid and encoder.num_prefix_tokens == prefix
     assert tokens.shape == (2, prefix + grid[0] * grid[1], encoder.feature_dim)
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_convnext"])
+def test_output_stride_16_gives_a_cnn_twice_the_grid_with_the_same_weights(name):
+    default, finer = ImageEncoder(name, image_size=64), ImageEncoder(name, image_size=64, output_stride=16)
+    assert (default.grid_size, finer.grid_size) == ((2, 2), (4, 4))
+    assert finer(torch.randn(2, 3, 64, 64)).shape == (2, 16, finer.feature_dim)
+    shapes = {name: tensor.shape for name, tensor in default.state_dict().items()}
+    assert {name: tensor.shape for name, tensor in finer.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "stride", "message"),
+    [
+        ("test_vit", 16, "'test_vit' has no output_stride option"),
+        ("test_resnet", 12, "'test_resnet' cannot run at output stride 12"),
+    ],
+)
+def test_an_output_stride_the_encoder_cannot_take_is_a_one_line_error(name, stride, message):
+    with pytest.raises(UserError, match=rf"^model\.encoder_output_stride: timm model {message}") as error:
+        ImageEncoder(name, image_size=64, output_stride=stride)
+    assert "\n" not in str(error.value)
 
 
 def test_frozen_encoder_has_no_trainable_weights_and_stays_in_eval():
