@@ -70,6 +70,17 @@ def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list
     ]
 
 
+def tiny_data(shapes_root: Path, **overrides):
+    """The tiny shapes splits as a datamodule for the tiny model, for fits in this process."""
+    from captioning.data.datamodule import CaptionDataModule
+
+    settings = dict(
+        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, encoder=TINY_MODEL["encoder"],
+        image_size=64, max_length=TINY_MODEL["max_length"], min_word_frequency=1, batch_size=16, num_workers=0,
+    )  # fmt: skip
+    return CaptionDataModule(**{**settings, **overrides})
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found: {path}")

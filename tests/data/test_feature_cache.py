@@ -14,22 +14,18 @@ from captioning.data.feature_cache import cache_key, ensure_cache, weights_diges
 from captioning.data.transforms import build_transform
 from captioning.model.encoder import ImageEncoder
 from captioning.training.module import CaptioningModule
-from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args
+from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args, tiny_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def data_settings(shapes_root, cache=None, image_size=64) -> dict:
-    return dict(
-        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, encoder=TINY_MODEL["encoder"],
-        image_size=image_size, max_length=20, min_word_frequency=1, batch_size=16, num_workers=0,
-        feature_cache=str(cache) if cache else None,
-    )  # fmt: skip
+def cached_data(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
+    return tiny_data(shapes_root, image_size=image_size, feature_cache=str(cache) if cache else None)
 
 
 def datamodule(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
     """The tiny shapes data, set up for fit as Lightning would."""
-    data = CaptionDataModule(**data_settings(shapes_root, cache, image_size))
+    data = cached_data(shapes_root, cache, image_size)
     data.prepare_data()
     data.setup("fit")
     return data
@@ -51,7 +47,7 @@ class FirstLoss(L.Callback):
 def first_loss(shapes_root, cache=None) -> tuple[FirstLoss, L.Trainer]:
     """One training step of a fresh, seeded run, from the images or from the cache in `cache`."""
     L.seed_everything(0, verbose=False)
-    data = CaptionDataModule(**data_settings(shapes_root, cache))
+    data = cached_data(shapes_root, cache)
     module = CaptioningModule(**TINY_MODEL, freeze_encoder=True, warmup_steps=1)
     first = FirstLoss()
     trainer = L.Trainer(
@@ -67,7 +63,7 @@ def test_a_resumed_run_trains_on_the_tokens_of_its_checkpoints_encoder(shapes_ro
     checkpoint = tmp_path / "first.ckpt"
     first.save_checkpoint(checkpoint)
     L.seed_everything(1, verbose=False)  # another seed: the resumed run's fresh encoder differs from the checkpoint's
-    data = CaptionDataModule(**data_settings(shapes_root, tmp_path / "cache"))
+    data = cached_data(shapes_root, tmp_path / "cache")
     trainer = L.Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",

@@ -11,9 +11,8 @@ import pytest
 import torch
 from lightning import Callback, Trainer
 
-from captioning.data.datamodule import CaptionDataModule
 from captioning.training.module import CaptioningModule
-from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args
+from tests.conftest import TINY_MODEL, run_cli, tiny_args, tiny_data
 
 
 class Losses(Callback):
@@ -30,10 +29,7 @@ class Losses(Callback):
 def test_bf16_mixed_precision_trains_on_cpu_with_a_finite_falling_loss(shapes_root, one_thread):
     torch.manual_seed(0)
     module = CaptioningModule(**TINY_MODEL, warmup_steps=1, dropout=0.0)
-    data = CaptionDataModule(
-        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, batch_size=16, num_workers=0,
-        min_word_frequency=1, encoder=TINY_MODEL["encoder"], image_size=64, max_length=TINY_MODEL["max_length"],
-    )  # fmt: skip
+    data = tiny_data(shapes_root)
     losses = Losses()
     trainer = Trainer(
         accelerator="cpu", devices=1, max_steps=12, limit_val_batches=0, precision="bf16-mixed", callbacks=[losses],

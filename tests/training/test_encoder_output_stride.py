@@ -7,19 +7,15 @@ import lightning as L
 import torch
 
 from captioning import Captioner
-from captioning.data.datamodule import CaptionDataModule
 from captioning.training.module import CaptioningModule
-from tests.conftest import TINY_MODEL, TINY_SPLITS
+from tests.conftest import TINY_MODEL, tiny_data
 
 MODEL = {**TINY_MODEL, "encoder": "test_resnet"}  # 64 px: a 2x2 grid at the default stride 32
 
 
 def test_the_output_stride_is_saved_in_the_checkpoint_and_rebuilds_the_same_model(shapes_root, one_thread, tmp_path):
     L.seed_everything(0, verbose=False)
-    data = CaptionDataModule(
-        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, encoder=MODEL["encoder"],
-        image_size=64, max_length=20, min_word_frequency=1, batch_size=16, num_workers=0,
-    )  # fmt: skip
+    data = tiny_data(shapes_root, encoder=MODEL["encoder"])
     module = CaptioningModule(**MODEL, encoder_output_stride=16, warmup_steps=1)
     trainer = L.Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -18,12 +18,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
 from captioning.data.coco import load_coco_captions
-from captioning.data.datamodule import CaptionDataModule
 from captioning.data.shapes import annotation_path
 from captioning.errors import CheckpointError, TrainingDiverged
 from captioning.training.checkpoint_io import AtomicCheckpointIO
 from captioning.training.module import CaptioningModule
-from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args
+from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args, tiny_data
 
 
 class PoisonPixels(Callback):
@@ -62,10 +61,7 @@ def _weights(module: CaptioningModule) -> dict[str, torch.Tensor]:
 def _fit(shapes_root, callbacks: list, max_steps: int, **model) -> CaptioningModule:
     """Fits the tiny model in this process for `max_steps` real steps (no validation)."""
     module = CaptioningModule(**TINY_MODEL, warmup_steps=1, dropout=0.0, **model)
-    data = CaptionDataModule(
-        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, batch_size=16, num_workers=0,
-        min_word_frequency=1, encoder=TINY_MODEL["encoder"], image_size=64, max_length=TINY_MODEL["max_length"],
-    )  # fmt: skip
+    data = tiny_data(shapes_root)
     trainer = Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, limit_val_batches=0, gradient_clip_val=1.0,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False, enable_checkpointing=bool(callbacks),

@@ -7,9 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from captioning.data.datamodule import CaptionDataModule
 from captioning.training.module import CaptioningModule
-from tests.conftest import TINY_MODEL, TINY_SPLITS
+from tests.conftest import TINY_MODEL, tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +38,7 @@ def changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> bool:
 @pytest.mark.parametrize("length", [{"max_epochs": 2}, {"max_epochs": 3, "max_steps": 9}], ids=["epochs", "steps"])
 def test_encoder_holds_still_for_its_frozen_epochs_and_learns_at_its_share_afterwards(shapes_root, one_thread, length):
     L.seed_everything(0, verbose=False)
-    data = CaptionDataModule(
-        root=str(shapes_root), shapes_split_sizes=TINY_SPLITS, shapes_image_size=64, encoder=TINY_MODEL["encoder"],
-        image_size=64, max_length=20, min_word_frequency=1, batch_size=16, num_workers=0,
-    )  # fmt: skip
+    data = tiny_data(shapes_root)
     module = CaptioningModule(
         **TINY_MODEL, warmup_steps=2, encoder_lr_scale=0.1, encoder_frozen_epochs=1,
         optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05),
