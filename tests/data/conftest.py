@@ -1,13 +1,16 @@
-"""Fixtures of the data tests: the tiny shapes splits packed into LitData chunks."""
+"""Fixtures of the data tests: the tiny shapes splits packed into LitData chunks, and `captioning fit` on them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli
+from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, run_cli
+
+BATCH = 16  # 96 training images: 6 batches on one process, 3 on each of two, none partial
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,29 @@ def packed(tmp_path_factory, shapes_root) -> Path:
         args = ["--config", str(config), "--split", split, "--out", str(folder / split), "--workers", "1"]
         assert prepare.main(args) == 0
     return folder
+
+
+def streams(packed: Path | str) -> str:
+    """The packed splits under a folder or an object-store URL, as `--data.streams`."""
+    return "--data.streams=" + json.dumps({split: f"{packed}/{split}" for split in ("train", "val", "test")})
+
+
+def fit_args(packed: Path | str, run_dir: Path, seen: Path, *extra: str, kill_after_step: int = 0) -> list[str]:
+    """`captioning fit` of the tiny model on the packed splits, recording each training batch's image ids."""
+    callback = {"class_path": "tests.data.seen_images.SeenImages", "init_args": {"folder": str(seen)}}
+    callback["init_args"]["kill_after_step"] = kill_after_step
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "shapes.yaml"),
+        *[f"--model.{key}={value}" for key, value in TINY_MODEL.items()],
+        "--data.format=litdata",
+        streams(packed),
+        f"--data.batch_size={BATCH}",
+        "--data.num_workers=0",
+        "--trainer.max_epochs=2",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.callbacks={json.dumps([callback])}",
+        "--test_after_fit=false",
+        *extra,
+    ]

@@ -4,7 +4,6 @@ by LitData, and a run killed mid-epoch resumes at the next batch from the loader
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,35 +13,9 @@ from captioning.data.datamodule import CaptionDataset
 from captioning.data.shapes import annotation_path
 from captioning.data.streaming import CaptionStreamingDataset, PackRecord, load_packed_records
 from captioning.data.transforms import build_transform
-from tests.conftest import ROOT, TINY_MODEL, TINY_SPLITS, last_validation_cider, run_cli, start_cli
+from tests.conftest import TINY_MODEL, TINY_SPLITS, last_validation_cider, run_cli, start_cli
+from tests.data.conftest import fit_args
 from tests.data.seen_images import read_batches
-
-BATCH = 16  # 96 training images: 6 batches on one process, 3 on each of two, none partial
-
-
-def streams(packed: Path) -> str:
-    return "--data.streams=" + json.dumps({split: str(packed / split) for split in ("train", "val", "test")})
-
-
-def fit_args(packed: Path, run_dir: Path, seen: Path, *extra: str, kill_after_step: int = 0) -> list[str]:
-    """`captioning fit` of the tiny model on the packed splits, recording each training batch's image ids."""
-    callback = {"class_path": "tests.data.seen_images.SeenImages", "init_args": {"folder": str(seen)}}
-    callback["init_args"]["kill_after_step"] = kill_after_step
-    return [
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "shapes.yaml"),
-        *[f"--model.{key}={value}" for key, value in TINY_MODEL.items()],
-        "--data.format=litdata",
-        streams(packed),
-        f"--data.batch_size={BATCH}",
-        "--data.num_workers=0",
-        "--trainer.max_epochs=2",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        f"--trainer.callbacks={json.dumps([callback])}",
-        "--test_after_fit=false",
-        *extra,
-    ]
 
 
 def test_packed_split_streams_the_folder_images_ids_and_captions(packed, shapes_root, one_thread):

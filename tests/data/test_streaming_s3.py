@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 
 import pytest
 
 from captioning.data.streaming import load_packed_records
-from tests.conftest import ROOT, TINY_MODEL, cli_env
+from tests.conftest import ROOT, cli_env
+from tests.data.conftest import fit_args
 from tests.data.seen_images import read_batches
 
 moto_server = pytest.importorskip("moto.server")
@@ -67,25 +69,12 @@ def test_captions_of_a_packed_split_are_read_from_object_storage(s3_endpoint, pa
 
 @pytest.mark.slow
 def test_fit_streams_every_split_from_s3(tmp_path, s3_endpoint, packed):
-    import subprocess
-
-    streams = {split: f"s3://{BUCKET}/shapes/{split}" for split in ("train", "val", "test")}
     options = {"cache_dir": str(tmp_path / "chunks"), "storage_options": {"endpoint_url": s3_endpoint}}
-    callback = {"class_path": "tests.data.seen_images.SeenImages", "init_args": {"folder": str(tmp_path / "seen")}}
-    args = [
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "shapes.yaml"),
-        *[f"--model.{key}={value}" for key, value in TINY_MODEL.items()],
-        "--data.format=litdata",
-        f"--data.streams={json.dumps(streams)}",
-        f"--data.stream_options={json.dumps(options)}",
-        "--data.batch_size=16",
+    args = fit_args(
+        f"s3://{BUCKET}/shapes", tmp_path / "runs", tmp_path / "seen", f"--data.stream_options={json.dumps(options)}",
         "--data.num_workers=1",  # chunks fetched in a loader process, as on a GPU machine
-        "--trainer.max_epochs=1",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.callbacks={json.dumps([callback])}",
-    ]
+        "--trainer.max_epochs=1", "--test_after_fit=true",
+    )  # fmt: skip
     command = [sys.executable, "-c", ALLOW_HTTP, *args]
     result = subprocess.run(command, cwd=ROOT, env={**cli_env(), **CREDENTIALS}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
