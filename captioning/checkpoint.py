@@ -73,7 +73,8 @@ def load_checkpoint(
     """Reads a captioning checkpoint safely (`mmap`: see `read_checkpoint`).
 
     Returns:
-        The model config, the tokenizer and the model's state dict (keys without the "model." prefix).
+        The model config, the tokenizer and the model's state dict (keys without the "model." prefix): the moving
+        average of the weights when the run kept one.
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, mmap=mmap)
@@ -87,5 +88,8 @@ def load_checkpoint(
         tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({_reason(error)})") from None
-    state = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
+    weights = checkpoint.get("state_dict", {})
+    # A run with model.ema_decay keeps the moving average beside the trained weights: the average is the model.
+    prefix = "ema.model." if any(k.startswith("ema.model.") for k in weights) else "model."
+    state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
     return config, tokenizer, state

@@ -8,7 +8,7 @@ cross-attention maps, mapped back to the encoder's patch or feature-map grid.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from captioning.checkpoint import load_checkpoint
 from captioning.data.transforms import build_transform, data_config, load_image, to_rgb
 from captioning.model.captioner import CaptioningModel
 from captioning.model.generation import Generated, beam_search, greedy_decode, sample_decode
+from captioning.model.scoring import score_tokens
 from captioning.text.tokenizer import CaptionTokenizer
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
@@ -59,6 +60,29 @@ class Caption:
     def attention_map(self) -> Tensor | None:
         """(T, H, W) the cross-attention on the grid averaged over layers and heads, one map per word."""
         return None if self.cross_attention is None else self.cross_attention.mean(dim=(0, 1))
+
+
+@dataclass
+class CaptionScore:
+    """How probable the model finds a given caption of an image (teacher-forced, nothing decoded).
+
+    Attributes:
+        text: the caption as given.
+        log_prob: log P(words + end token | image), summed: comparable between captions of equal length, and what
+            `Caption.score` averages for a generated caption.
+        token_log_probs: log P of each word and of the end token, in order.
+        words: the words the model read (an out-of-vocabulary word reads as `<unk>`), end token not included.
+    """
+
+    text: str
+    log_prob: float
+    token_log_probs: list[float]
+    words: list[str]
+
+    @property
+    def mean_log_prob(self) -> float:
+        """log_prob per token, end token included: comparable between captions of different lengths."""
+        return self.log_prob / max(1, len(self.token_log_probs))
 
 
 class Captioner:
@@ -205,6 +229,71 @@ class Captioner:
             results += captions
         return results
 
+    @torch.no_grad()
+    def score(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        captions: str | Sequence[str] | Sequence[str | Sequence[str]],
+        batch_size: int = 32,
+    ) -> list[CaptionScore] | list[CaptionScore | list[CaptionScore]]:
+        """The teacher-forced log-probability of given captions for given images: re-ranking, filtering, probes.
+
+        Each image is encoded once for all of its captions; nothing is decoded.
+
+        Args:
+            images: one image, or several (as `caption` takes them).
+            captions: for one image, a caption or a list of its captions; for several images, one entry per
+                image, each a caption or a list of any number of captions.
+            batch_size: images scored together; results do not depend on it.
+
+        Returns:
+            For one image, a CaptionScore or a list of them, matching `captions`; for several images, one entry per
+            image, each a CaptionScore or a list of them.
+        """
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray)) or (
+            isinstance(images, Tensor) and images.ndim < 4
+        )
+        if single:
+            images, captions = [images], [captions]
+        images = [one for item in images for one in (item.unbind(0) if _is_batch(item) else [item])]
+        if isinstance(captions, str) or len(captions) != len(images):
+            count = 1 if isinstance(captions, str) else len(captions)
+            raise ValueError(f"score: {len(images)} images but captions for {count}: give one entry per image")
+        grouped = [[c] if isinstance(c, str) else list(c) for c in captions]
+        results: list[list[CaptionScore]] = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.preprocess(image) for image in images[start : start + batch_size]])
+            memory = self.model.encode(batch.to(self.device))  # (B, M, D), once for all captions of an image
+            texts = [text for group in grouped[start : start + batch_size] for text in group]
+            counts = [len(group) for group in grouped[start : start + batch_size]]
+            results += _split(self._score_texts(memory, texts, counts), counts)
+        return [group[0] if isinstance(c, str) else group for c, group in zip(captions, results, strict=True)]
+
+    def _score_texts(self, memory: Tensor, texts: list[str], counts: list[int]) -> list[CaptionScore]:
+        if not texts:
+            return []
+        tok, limit = self.tokenizer, self.model.decoder.max_length
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"score: captions must be strings, got {type(text).__name__}")
+        tokens = tok.encode(texts, max_length=10**6)  # (N, T+1), never cut: a cut caption would score a fake end
+        lengths = (tokens != tok.pad_id).sum(dim=1) - 1  # words + end token
+        too_long = int(lengths.argmax())
+        if lengths[too_long] > limit:
+            raise ValueError(
+                f"score: caption {texts[too_long]!r} has {int(lengths[too_long]) - 1} words; the model reads at most "
+                f"{limit - 1} (model max_length {limit}, end token included)"
+            )
+        owners = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(self.device)
+        scores = score_tokens(self.model.decoder, memory, tokens.to(self.device), owners, tok.pad_id)
+        results = []
+        for i, text in enumerate(texts):
+            n = int(scores.lengths[i])
+            words = [tok.id_to_word(t) for t in tokens[i, 1:n].tolist()]
+            per_token = scores.token_log_probs[i, :n].tolist()
+            results.append(CaptionScore(text, float(scores.log_probs[i]), per_token, words))
+        return results
+
     def _to_captions(self, generated: Generated) -> list[Caption]:
         tok, captions = self.tokenizer, []
         for row, score in zip(generated.tokens.tolist(), generated.scores.tolist(), strict=True):
@@ -231,6 +320,12 @@ class Captioner:
             weights = cross[:, b, :, : len(caption.tokens)].float().cpu()  # (L, nh, T, M)
             caption.prefix_attention = weights[..., :P]  # (L, nh, T, P)
             caption.cross_attention = weights[..., P:].unflatten(-1, (H, W))  # (L, nh, T, H*W) -> (L, nh, T, H, W)
+
+
+def _split(items: list, counts: list[int]) -> list[list]:
+    """Consecutive groups of `counts` items."""
+    ends = np.cumsum([0, *counts])
+    return [items[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
 
 
 def _is_batch(item: object) -> bool:

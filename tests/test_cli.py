@@ -28,8 +28,10 @@ def test_fit_writes_checkpoints_predictions_and_metrics(trained_run):
     assert len(predictions) == 16 and set(predictions[0]) == {"image_id", "caption"}
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "grounded_accuracy"} <= set(metrics)
+    assert metrics["foil_pairs"] > 0 and 0 <= metrics["foil_accuracy"] <= 1  # the relation probe, every test
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
     assert any(row.get("val/CIDEr") for row in rows) and any(row.get("train/loss") for row in rows)
+    assert any(row.get("val/foil_accuracy") for row in rows)  # and in the curves
 
 
 def test_checkpoint_is_self_contained_and_loads_without_running_code(checkpoint):

@@ -27,6 +27,7 @@ from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_positions import position_scores
 from captioning.data.transforms import build_transform, data_config, load_image
+from captioning.text.position_words import swap_left_right
 from captioning.text.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -43,7 +44,11 @@ STREAM_OPTIONS = ("cache_dir", "max_cache_size", "max_pre_download", "storage_op
 
 
 class CaptionDataset(Dataset):
-    """Images of one split with their reference captions; an unreadable image yields `image=None`."""
+    """Images of one split with their reference captions; an unreadable image yields `image=None`.
+
+    Index i + N (N images) is image i mirrored left to right, with "left" and "right" swapped in its captions so
+    that they stay true; a sampler with `mirror=True` asks for those.
+    """
 
     def __init__(self, records: Sequence[ImageRecord], transform) -> None:
         self.records = list(records)
@@ -53,14 +58,18 @@ class CaptionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        mirrored, record = index >= len(self.records), self.records[index % len(self.records)]
+        captions = record.captions
         try:
             # JPEGs are decoded at the smallest DCT scale that still covers the model's input (see transforms)
             image = self.transform(load_image(record.path, size=getattr(self.transform, "decode_size", None)))
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             image = None
-        return {"image": image, "image_id": record.image_id, "captions": record.captions}
+        if mirrored:
+            image = None if image is None else image.flip(-1)  # (3, H, W): columns reversed
+            captions = [swap_left_right(caption) for caption in captions]
+        return {"image": image, "image_id": record.image_id, "captions": captions}
 
 
 class TrainCollate:
@@ -118,6 +127,9 @@ class CaptionDataModule(LightningDataModule):
         image_size: square input size in pixels, None for the encoder's default (linked from the model).
         max_length: caption length limit in tokens, end token included (linked to the model).
         augment: random crops for training images.
+        flip: mirror half of the training images left to right each epoch, swapping "left" and "right" in their
+            captions. None: on for the built-in shapes, off otherwise (captions of photos may read text in them,
+            which a mirror would garble).
         captions_per_image: K captions drawn per image in each training batch.
         min_word_frequency: words seen fewer times in the training captions become the unknown token.
         batch_size: images per training batch (each with K captions).
@@ -151,6 +163,7 @@ class CaptionDataModule(LightningDataModule):
         image_size: int | None = None,
         max_length: int = 24,
         augment: bool = False,
+        flip: bool | None = None,
         captions_per_image: int = 5,
         min_word_frequency: int = 5,
         batch_size: int = 32,
@@ -168,6 +181,10 @@ class CaptionDataModule(LightningDataModule):
         super().__init__()
         if feature_cache and augment:
             raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
+        if flip and feature_cache:
+            raise ValueError("data.flip needs data.feature_cache unset: cached tokens are of the unmirrored image")
+        if flip and format == "litdata":
+            raise ValueError("data.flip works with data.format 'folder' only, not 'litdata'")
         for key in stream_options or {}:
             if key not in STREAM_OPTIONS:
                 raise ValueError(f"data.stream_options.{key}: not one of {', '.join(STREAM_OPTIONS)}")
@@ -177,6 +194,14 @@ class CaptionDataModule(LightningDataModule):
         self.feature_caches: dict[str, FeatureCache] = {}
         self._train_loader: DataLoader | None = None
         self._train_loader_state: dict | None = None  # from a checkpoint, for the next train loader
+
+    @property
+    def flip(self) -> bool:
+        """Whether training images are mirrored (data.flip, or its default for the dataset)."""
+        hp = self.hparams
+        if hp.flip is not None:
+            return hp.flip
+        return hp.dataset == "shapes" and hp.format == "folder" and not hp.feature_cache
 
     @property
     def shapes_root(self) -> str:
@@ -338,9 +363,10 @@ class CaptionDataModule(LightningDataModule):
             return streaming_loader(self.datasets[split], batch_size, collate, workers, train=shuffle)
         if shuffle:  # a seeded order per epoch, sharded over processes, that a checkpoint can resume mid-epoch
             dataset = self.datasets[split]
+            mirror = self.flip and isinstance(dataset, CaptionDataset)
             return ResumableDataLoader(
                 dataset,
-                ResumableSampler(dataset),
+                ResumableSampler(dataset, mirror=mirror),
                 batch_size=batch_size,
                 drop_last=len(dataset) > batch_size,
                 num_workers=workers,

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Sized
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -38,6 +39,8 @@ class ResumableSampler(DistributedSampler):
         num_replicas: number of processes; None for the size of the initialized process group, else 1.
         rank: this process's index; None for its rank in the process group, else 0.
         drop_last: drop the tail that does not divide evenly across processes instead of padding it.
+        mirror: also draw, per epoch and image, whether the image is seen mirrored: index i then comes as i + N
+            (N images; see `CaptionDataset`), so a resumed run mirrors the same images as the run it continues.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class ResumableSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        mirror: bool = False,
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1
@@ -55,6 +59,7 @@ class ResumableSampler(DistributedSampler):
         seed = default_seed() if seed is None else seed
         super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.consumed = 0
+        self.mirror = mirror
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -64,7 +69,13 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         # A finished epoch that is iterated again (no set_epoch in between) starts over, as a DataLoader would.
         self.consumed = self.consumed if self.consumed < self.num_samples else 0
-        yield from itertools.islice(super().__iter__(), self.consumed, None)
+        indices = itertools.islice(super().__iter__(), self.consumed, None)
+        if not self.mirror:
+            yield from indices
+            return
+        size = len(self.dataset)
+        coins = torch.randint(2, (size,), generator=torch.Generator().manual_seed(self.seed + self.epoch + 7919))
+        yield from (index + size * int(coins[index]) for index in indices)
 
     def __len__(self) -> int:
         # The whole epoch's shard, also when resumed: Lightning counts the batches already done on top of this.

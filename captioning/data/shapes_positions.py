@@ -74,12 +74,19 @@ def claim_holds(claim: tuple, scene: list[dict], image_size: int) -> bool:
 
 def position_scores(captions: dict, scenes: dict, image_size: int) -> dict[str, float]:
     """{"position_claims": share of captions with a position word, "position_accuracy": share of captions that name
-    every shape correctly and whose every position claim holds}."""
+    every shape correctly and whose every position claim holds, "claims_right": the same share among the captions
+    that make a position claim (0 when none does)}."""
     if not captions:
-        return {"position_claims": 0.0, "position_accuracy": 0.0}
-    claimed = right = 0
+        return {"position_claims": 0.0, "position_accuracy": 0.0, "claims_right": 0.0}
+    claimed = right = claimed_right = 0
     for image_id, caption in captions.items():
         claims, scene = position_claims(caption), scenes[image_id]
+        holds = caption_matches_scene(caption, scene) and all(claim_holds(c, scene, image_size) for c in claims)
         claimed += bool(claims)
-        right += caption_matches_scene(caption, scene) and all(claim_holds(c, scene, image_size) for c in claims)
-    return {"position_claims": claimed / len(captions), "position_accuracy": right / len(captions)}
+        right += holds
+        claimed_right += holds and bool(claims)
+    return {
+        "position_claims": claimed / len(captions),
+        "position_accuracy": right / len(captions),
+        "claims_right": claimed_right / claimed if claimed else 0.0,
+    }

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from captioning.model.decoder import TextDecoder
 from captioning.model.encoder import ImageEncoder
+from captioning.model.positions import MemoryPositions
 
 
 @dataclass
@@ -31,12 +32,14 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     max_length: int = 24
     dropout: float = 0.1
+    memory_positions: str = "sincos"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
+        values = {"memory_positions": "learned", **values}  # checkpoints from before the option held a learned table
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -54,9 +57,13 @@ class CaptioningModel(nn.Module):
             config.encoder, config.pretrained, config.freeze_encoder, config.image_size, config.encoder_output_stride
         )
         self.projection = nn.Sequential(nn.Linear(self.encoder.feature_dim, config.dim), nn.LayerNorm(config.dim))
-        # CNN feature maps carry no position of their own: without this, "left of" and "above" are invisible.
-        self.memory_pos = nn.Parameter(torch.zeros(1, self.encoder.num_tokens, config.dim))
-        nn.init.normal_(self.memory_pos, std=0.02)
+        # CNN feature maps carry little position of their own: without this, "left of" and "above" are hard to read.
+        grid, prefix = self.encoder.grid_size, self.encoder.num_prefix_tokens
+        if config.memory_positions == "learned":  # a free vector per token, as older checkpoints hold it
+            self.memory_pos = nn.Parameter(torch.zeros(1, self.encoder.num_tokens, config.dim))
+            nn.init.normal_(self.memory_pos, std=0.02)
+        else:
+            self.memory_positions = MemoryPositions(config.memory_positions, grid, prefix, config.dim)
         self.decoder = TextDecoder(
             config.vocab_size,
             dim=config.dim,
@@ -83,7 +90,8 @@ class CaptioningModel(nn.Module):
 
     def project(self, features: Tensor) -> Tensor:
         """Encoder tokens (B, M, C_enc) -> memory (B, M, D); apart from `encode` so cached features can skip it."""
-        return self.projection(features) + self.memory_pos
+        positions = self.memory_pos if self.config.memory_positions == "learned" else self.memory_positions()
+        return self.projection(features) + positions  # (B, M, D) + (1, M, D)
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits.

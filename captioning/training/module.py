@@ -31,6 +31,8 @@ from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
+from captioning.training.ema import WeightAverage
+from captioning.training.foil import FoilProbe
 from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
 
@@ -52,6 +54,9 @@ class CaptioningModule(LightningModule):
         mlp_ratio: MLP hidden width as a multiple of D.
         max_length: caption length limit in tokens, end token included.
         dropout: dropout in the decoder.
+        memory_positions: how the memory tokens carry their place on the encoder's grid: "sincos" (fixed 2D
+            sine-cosine), "rowcol" (a learned row and a learned column embedding, added) or "learned" (a learned
+            vector per token, the layout of checkpoints before this option).
         label_smoothing: cross-entropy label smoothing.
         init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
             SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead.
@@ -69,6 +74,8 @@ class CaptioningModule(LightningModule):
         eval_length_penalty: alpha of the beam search ranking log P / length^alpha.
         val_metrics: metric families scored during validation (CIDEr-D drives checkpointing).
         compile: torch.compile the encoder and the decoder blocks (worth it on GPU; on CPU it needs a C++ compiler).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.995), and validate,
+            test, checkpoint and caption with it; None: the trained weights themselves.
         max_nonfinite_steps: stop the run after this many optimizer steps in a row with a non-finite (NaN or inf)
             loss or gradient; each such step is skipped (no weight update) and counted in train/nonfinite_steps.
     """
@@ -86,6 +93,7 @@ class CaptioningModule(LightningModule):
         mlp_ratio: float = 4.0,
         max_length: int = 24,
         dropout: float = 0.1,
+        memory_positions: Literal["sincos", "rowcol", "learned"] = "sincos",
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -100,6 +108,7 @@ class CaptioningModule(LightningModule):
         eval_beam_size: int = 1,
         eval_length_penalty: float = 1.0,
         val_metrics: tuple[str, ...] = ("BLEU", "CIDEr"),
+        ema_decay: float | None = None,
         max_nonfinite_steps: int = 20,
         compile: bool = False,
     ) -> None:
@@ -109,8 +118,10 @@ class CaptioningModule(LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model: CaptioningModel | None = None
+        self.ema: WeightAverage | None = None
         self.tokenizer: CaptionTokenizer | None = None
         self._captions: dict = {}
+        self._foils: dict[str, FoilProbe] = {}
         self._scorers: dict[str, CaptionScorer] = {}
         self._reward: scst.CiderReward | None = None
         self._reward_seconds = 0.0
@@ -138,9 +149,14 @@ class CaptioningModule(LightningModule):
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
             architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
-            architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout")
+            architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
             config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
+
+    @property
+    def eval_model(self) -> CaptioningModel:
+        """The weights that validation, test and predict use: the moving average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         entry = checkpoint.get("captioning")
@@ -149,6 +165,14 @@ class CaptioningModule(LightningModule):
         config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
+        state = checkpoint["state_dict"]
+        has_average = any(key.startswith("ema.") for key in state)
+        if has_average and self.ema is None:  # evaluating without an average of its own: the average is the model
+            averaged = {k.removeprefix("ema.model."): v for k, v in state.items() if k.startswith("ema.model.")}
+            checkpoint["state_dict"] = {f"model.{k}": v for k, v in averaged.items()}
+        elif self.ema is not None and not has_average:  # e.g. an EMA run resumed from a checkpoint without one
+            state.update({f"ema.model.{k.removeprefix('model.')}": v for k, v in state.items() if k.startswith("model.")})
+            state["ema.updates"] = self.ema.updates.clone()
 
     def _feature_cache_wanted(self) -> bool:
         datamodule = self.trainer.datamodule
@@ -175,6 +199,8 @@ class CaptioningModule(LightningModule):
 
     def _build(self, config: ModelConfig, tokenizer: CaptionTokenizer) -> None:
         self.model, self.tokenizer = CaptioningModel(config), tokenizer
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        self.ema = WeightAverage(self.model, self.hparams.ema_decay) if self.hparams.ema_decay and fitting else None
         if self.hparams.compile:
             self.model.compile_parts()
         if self.trainer.datamodule is not None:
@@ -227,12 +253,13 @@ class CaptioningModule(LightningModule):
         return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------------------------------------------- training
-    def _memory(self, batch: dict) -> torch.Tensor:
-        """The memory (B, M, D) of a batch: from its cached encoder tokens (B, M, C_enc) when it has them, else from
-        its images (B, 3, H, W)."""
+    def _memory(self, batch: dict, model: CaptioningModel | None = None) -> torch.Tensor:
+        """The memory (B, M, D) of a batch under `model` (default: the trained one): from its cached encoder tokens
+        (B, M, C_enc) when it has them, else from its images (B, 3, H, W)."""
+        model = model or self.model
         if "features" in batch:
-            return self.model.project(batch["features"].to(self.model.memory_pos.dtype))  # stored as float16
-        return self.model.encode(batch["images"])
+            return model.project(batch["features"].to(model.projection[0].weight.dtype))  # stored as float16
+        return model.encode(batch["images"])
 
     def training_step(self, batch: dict, batch_idx: int):
         self.skipped_images += batch["skipped"]
@@ -317,6 +344,10 @@ class CaptioningModule(LightningModule):
             share = self._reward_seconds / max(1e-9, time.perf_counter() - self._step_started)
             self.log("scst/reward_time_share", share, batch_size=len(batch["image_ids"]))
 
+    def on_before_zero_grad(self, optimizer) -> None:
+        if self.ema is not None:  # after each optimizer step (Lightning calls this once the step is taken)
+            self.ema.update(self.model)
+
     def on_train_epoch_end(self) -> None:
         counts = torch.tensor([float(self.skipped_images), float(self.skipped_batches)], device=self.device)
         skipped, empty = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # all processes together
@@ -356,29 +387,61 @@ class CaptioningModule(LightningModule):
 
     @torch.no_grad()
     def caption_batch(self, batch: dict) -> dict:
-        """Captions of a batch by image id: greedy, or beam search with `eval_beam_size` beams."""
+        """Captions of a batch by image id (`eval_model`'s): greedy, or beam search with `eval_beam_size` beams."""
         if not len(batch["image_ids"]):
             return {}
-        memory = self._memory(batch)  # (B, M, D)
+        return self._caption_memory(self.eval_model, self._memory(batch, self.eval_model), batch["image_ids"])
+
+    def _caption_memory(self, model: CaptioningModel, memory: torch.Tensor, image_ids: list) -> dict:
         tok, hp = self.tokenizer, self.hparams
         ids = (tok.bos_id, tok.eos_id, tok.pad_id)
         rules = {"min_length": 1, "suppress_tokens": self._never_tokens()}  # as `captioning caption` decodes
         if hp.eval_beam_size > 1:
             beams = {"beam_size": hp.eval_beam_size, "length_penalty": hp.eval_length_penalty}
-            generated = beam_search(self.model.decoder, memory, *ids, **beams, **rules)
+            generated = beam_search(model.decoder, memory, *ids, **beams, **rules)
         else:
-            generated = greedy_decode(self.model.decoder, memory, *ids, **rules)
-        return dict(zip(batch["image_ids"], tok.decode_batch(generated.tokens), strict=True))
+            generated = greedy_decode(model.decoder, memory, *ids, **rules)
+        return dict(zip(image_ids, tok.decode_batch(generated.tokens), strict=True))
+
+    @torch.no_grad()
+    def _evaluate_batch(self, batch: dict, split: str) -> None:
+        """Captions a batch and scores its foil pairs, from one memory per image."""
+        if not len(batch["image_ids"]):
+            return
+        model = self.eval_model
+        memory = self._memory(batch, model)  # (B, M, D)
+        self._captions.update(self._caption_memory(model, memory, batch["image_ids"]))
+        if not self.trainer.sanity_checking:
+            self._foil_probe(split).observe(model.decoder, memory, batch["image_ids"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_batch(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_batch(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
         self._captions.update(self.caption_batch(batch))
 
-    test_step = predict_step = validation_step
+    def _foil_probe(self, split: str) -> FoilProbe:
+        if split not in self._foils:  # the pairs of a split's references, tokenized once
+            references = self.trainer.datamodule.references(split)
+            self._foils[split] = FoilProbe(references, self.tokenizer, self.model.config.max_length)
+        return self._foils[split]
+
+    def _foil_scores(self, split: str) -> dict[str, float]:
+        """{"foil_accuracy", "foil_pairs"} over every process's pairs; {} when the split has none."""
+        if split not in self._foils:
+            return {}
+        counts = torch.tensor(self._foils[split].result(), dtype=torch.float32, device=self.device)
+        wins, pairs = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return {"foil_accuracy": wins / pairs, "foil_pairs": pairs} if pairs else {}
 
     def on_validation_epoch_end(self) -> None:
         captions = self._collect()
         scores = self._score("val", captions, self.hparams.val_metrics)
         scores.update(self._check("val", captions))
+        scores.update(self._foil_scores("val"))
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name in ("CIDEr", "Bleu_4"))
 
@@ -386,6 +449,7 @@ class CaptioningModule(LightningModule):
         captions = self._collect()
         scores = self._score("test", captions, None)
         scores.update(self._check("test", captions))
+        scores.update(self._foil_scores("test"))
         for name, value in scores.items():
             self.log(f"test/{name}", value)
         self.test_counts = {"images_scored": len(captions), "images_in_split": _dataset_size(self.trainer)}
