@@ -267,7 +267,8 @@ class Captioner:
             texts = [text for group in grouped[start : start + batch_size] for text in group]
             counts = [len(group) for group in grouped[start : start + batch_size]]
             results += _split(self._score_texts(memory, texts, counts), counts)
-        return [group[0] if isinstance(c, str) else group for c, group in zip(captions, results, strict=True)]
+        results = [group[0] if isinstance(c, str) else group for c, group in zip(captions, results, strict=True)]
+        return results[0] if single else results
 
     def _score_texts(self, memory: Tensor, texts: list[str], counts: list[int]) -> list[CaptionScore]:
         if not texts:

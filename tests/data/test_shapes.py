@@ -56,12 +56,12 @@ def test_generation_is_seeded_and_skipped_when_already_there(tmp_path, shapes_ro
 
 
 # ---------------------------------------------------------------------------------------------------- basic, kept
-def test_basic_setting_writes_the_same_files_as_before_the_hard_setting(shapes_root):
-    """Its generator version stays and its captions are unchanged, so existing data is neither rewritten nor
-    scored differently."""
+def test_basic_setting_writes_the_files_of_its_generator_version(shapes_root):
+    """The files are pinned by the generator's version (2: most captions place their shapes): a change to the
+    captions or pictures must come with a new version, so that existing data is rewritten, not scored differently."""
     data = annotation_path(shapes_root, "val").read_bytes()
-    assert json.loads(data)["info"]["generator"] == {"version": 1, "image_size": 64, "count": 16, "seed": 1}
-    assert hashlib.sha256(data).hexdigest() == "264682bb22f4dfd6a03bccabf2db11ca9b2ce25c34b898b296d9b02eb4cbb177"
+    assert json.loads(data)["info"]["generator"] == {"version": 2, "image_size": 64, "count": 16, "seed": 1}
+    assert hashlib.sha256(data).hexdigest() == "a5dab8eecb8d8f12296f707d4bcbb5fe812cb19dbb0c109f770406a497214075"
 
 
 # ------------------------------------------------------------------------------------------------------- hard
@@ -204,5 +204,5 @@ def test_hard_level_is_written_under_its_own_folder_beside_the_basic_one(tmp_pat
         path.parts[1]: json.loads(path.read_text())["info"]["generator"]
         for path in Path("data").glob("*/annotations/captions_val.json")
     }
-    assert generators["shapes"]["version"] == 1 and "level" not in generators["shapes"]
+    assert generators["shapes"]["version"] == 2 and "level" not in generators["shapes"]
     assert generators["shapes_hard"]["level"] == "hard"

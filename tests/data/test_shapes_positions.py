@@ -29,7 +29,7 @@ def test_every_reference_caption_places_its_shapes_right_and_swapped_words_are_c
     references = {r.image_id: rng.choice(r.captions) for r in records}
     claims = {i: c for i, c in references.items() if position_claims(c)}
     scores = position_scores(claims, scenes, image_size=64)
-    assert len(claims) >= 3 and scores == {"position_claims": 1.0, "position_accuracy": 1.0}
+    assert len(claims) >= 3 and scores == {"position_claims": 1.0, "position_accuracy": 1.0, "claims_right": 1.0}
     swapped = {i: " ".join(SWAP.get(w, w) for w in c.split()) for i, c in claims.items()}
     assert position_scores(swapped, scenes, image_size=64)["position_accuracy"] < 0.5
     plain = {i: c for i, c in references.items() if not position_claims(c)}
