@@ -27,7 +27,7 @@ from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_positions import position_scores
 from captioning.data.transforms import build_transform, data_config, load_image
-from captioning.text.position_words import swap_left_right
+from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -40,14 +40,16 @@ SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
 CACHED_SPLITS = ("train",)
 # What `data.stream_options` may set on LitData's StreamingDataset: where and how chunks are fetched and cached, not
 # what a process sees (order, sharding and subsampling stay ours, so that each image comes once per epoch).
+HORIZONTAL, VERTICAL = 1, 2  # the mirrors of a view of a training image (see CaptionDataset)
 STREAM_OPTIONS = ("cache_dir", "max_cache_size", "max_pre_download", "storage_options", "session_options")
 
 
 class CaptionDataset(Dataset):
     """Images of one split with their reference captions; an unreadable image yields `image=None`.
 
-    Index i + N (N images) is image i mirrored left to right, with "left" and "right" swapped in its captions so
-    that they stay true; a sampler with `mirror=True` asks for those.
+    Index i + v * N (N images) is view v of image i: mirrored left to right when v has bit 1 (HORIZONTAL), top to
+    bottom when it has bit 2 (VERTICAL), with the position words of its captions swapped so that they stay true
+    ("left" and "right"; "above" and "below", "top" and "bottom"). A `ResumableSampler` with `views` asks for them.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform) -> None:
@@ -58,7 +60,7 @@ class CaptionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        mirrored, record = index >= len(self.records), self.records[index % len(self.records)]
+        view, record = divmod(index, len(self.records))[0], self.records[index % len(self.records)]
         captions = record.captions
         try:
             # JPEGs are decoded at the smallest DCT scale that still covers the model's input (see transforms)
@@ -66,9 +68,12 @@ class CaptionDataset(Dataset):
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             image = None
-        if mirrored:
+        if view & HORIZONTAL:
             image = None if image is None else image.flip(-1)  # (3, H, W): columns reversed
             captions = [swap_left_right(caption) for caption in captions]
+        if view & VERTICAL:
+            image = None if image is None else image.flip(-2)  # (3, H, W): rows reversed
+            captions = [swap_up_down(caption) for caption in captions]
         return {"image": image, "image_id": record.image_id, "captions": captions}
 
 
@@ -130,6 +135,8 @@ class CaptionDataModule(LightningDataModule):
         flip: mirror half of the training images left to right each epoch, swapping "left" and "right" in their
             captions. None: on for the built-in shapes, off otherwise (captions of photos may read text in them,
             which a mirror would garble).
+        vertical_flip: also mirror half of them top to bottom, swapping "above" and "below", "top" and "bottom" ...
+            None: on for the built-in shapes, whose scenes have no up and down; off otherwise (photos have gravity).
         captions_per_image: K captions drawn per image in each training batch.
         min_word_frequency: words seen fewer times in the training captions become the unknown token.
         batch_size: images per training batch (each with K captions).
@@ -164,6 +171,7 @@ class CaptionDataModule(LightningDataModule):
         max_length: int = 24,
         augment: bool = False,
         flip: bool | None = None,
+        vertical_flip: bool | None = None,
         captions_per_image: int = 5,
         min_word_frequency: int = 5,
         batch_size: int = 32,
@@ -181,10 +189,11 @@ class CaptionDataModule(LightningDataModule):
         super().__init__()
         if feature_cache and augment:
             raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
-        if flip and feature_cache:
-            raise ValueError("data.flip needs data.feature_cache unset: cached tokens are of the unmirrored image")
-        if flip and format == "litdata":
-            raise ValueError("data.flip works with data.format 'folder' only, not 'litdata'")
+        for key, value in (("flip", flip), ("vertical_flip", vertical_flip)):
+            if value and feature_cache:
+                raise ValueError(f"data.{key} needs data.feature_cache unset: cached tokens are of the unmirrored image")
+            if value and format == "litdata":
+                raise ValueError(f"data.{key} works with data.format 'folder' only, not 'litdata'")
         for key in stream_options or {}:
             if key not in STREAM_OPTIONS:
                 raise ValueError(f"data.stream_options.{key}: not one of {', '.join(STREAM_OPTIONS)}")
@@ -196,12 +205,17 @@ class CaptionDataModule(LightningDataModule):
         self._train_loader_state: dict | None = None  # from a checkpoint, for the next train loader
 
     @property
-    def flip(self) -> bool:
-        """Whether training images are mirrored (data.flip, or its default for the dataset)."""
+    def views(self) -> tuple[int, ...]:
+        """The views a training image is seen in (see `CaptionDataset`), from data.flip and data.vertical_flip or
+        their defaults for the dataset."""
         hp = self.hparams
-        if hp.flip is not None:
-            return hp.flip
-        return hp.dataset == "shapes" and hp.format == "folder" and not hp.feature_cache
+        built_in = hp.dataset == "shapes" and hp.format == "folder" and not hp.feature_cache
+        mirrors = [(HORIZONTAL, hp.get("flip")), (VERTICAL, hp.get("vertical_flip"))]
+        views = [0]
+        for mirror, wanted in mirrors:
+            if wanted or (wanted is None and built_in):
+                views += [view | mirror for view in views]
+        return tuple(views)
 
     @property
     def shapes_root(self) -> str:
@@ -363,10 +377,10 @@ class CaptionDataModule(LightningDataModule):
             return streaming_loader(self.datasets[split], batch_size, collate, workers, train=shuffle)
         if shuffle:  # a seeded order per epoch, sharded over processes, that a checkpoint can resume mid-epoch
             dataset = self.datasets[split]
-            mirror = self.flip and isinstance(dataset, CaptionDataset)
+            views = self.views if isinstance(dataset, CaptionDataset) else (0,)
             return ResumableDataLoader(
                 dataset,
-                ResumableSampler(dataset, mirror=mirror),
+                ResumableSampler(dataset, views=views),
                 batch_size=batch_size,
                 drop_last=len(dataset) > batch_size,
                 num_workers=workers,

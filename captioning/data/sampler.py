@@ -39,8 +39,9 @@ class ResumableSampler(DistributedSampler):
         num_replicas: number of processes; None for the size of the initialized process group, else 1.
         rank: this process's index; None for its rank in the process group, else 0.
         drop_last: drop the tail that does not divide evenly across processes instead of padding it.
-        mirror: also draw, per epoch and image, whether the image is seen mirrored: index i then comes as i + N
-            (N images; see `CaptionDataset`), so a resumed run mirrors the same images as the run it continues.
+        views: the views of an image to draw from, per epoch and image: view v of image i comes as index
+            i + v * N (N images; `CaptionDataset` reads v as mirrors), so a resumed run sees the same views as the run
+            it continues. (0,): the images as they are.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class ResumableSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
-        mirror: bool = False,
+        views: tuple[int, ...] = (0,),
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1
@@ -59,7 +60,7 @@ class ResumableSampler(DistributedSampler):
         seed = default_seed() if seed is None else seed
         super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.consumed = 0
-        self.mirror = mirror
+        self.views = tuple(views)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -70,12 +71,12 @@ class ResumableSampler(DistributedSampler):
         # A finished epoch that is iterated again (no set_epoch in between) starts over, as a DataLoader would.
         self.consumed = self.consumed if self.consumed < self.num_samples else 0
         indices = itertools.islice(super().__iter__(), self.consumed, None)
-        if not self.mirror:
+        if self.views == (0,):
             yield from indices
             return
-        size = len(self.dataset)
-        coins = torch.randint(2, (size,), generator=torch.Generator().manual_seed(self.seed + self.epoch + 7919))
-        yield from (index + size * int(coins[index]) for index in indices)
+        size, views = len(self.dataset), torch.tensor(self.views)
+        draws = torch.randint(len(views), (size,), generator=torch.Generator().manual_seed(self.seed + self.epoch + 7919))
+        yield from (index + size * int(views[draws[index]]) for index in indices)
 
     def __len__(self) -> int:
         # The whole epoch's shard, also when resumed: Lightning counts the batches already done on top of this.

@@ -2,7 +2,8 @@
 
 A foil is the true caption with every position word replaced by its opposite ("a cat above a dog" -> "a cat below a
 dog"), as relation probes of vision-language models build them (Kamath et al., 2023, "What's 'up' with
-vision-language models?"; Yuksekgonul et al., 2023, ARO). A horizontal flip of the image swaps only left and right.
+vision-language models?"; Yuksekgonul et al., 2023, ARO). A horizontal flip of the image swaps only left and right,
+a vertical one the rest.
 Swaps match whole words ("bright" never becomes "bleft"), keep the capital of a capitalised word, reach inside
 hyphenated words ("top-left" -> "bottom-right"), and are their own inverse: swapping twice gives the caption back.
 """
@@ -23,6 +24,7 @@ POSITION_OPPOSITES = (
     ("topmost", "bottommost"),
 )
 LEFT_RIGHT = (("left", "right"), ("leftmost", "rightmost"))
+UP_DOWN = tuple(pair for pair in POSITION_OPPOSITES if pair not in LEFT_RIGHT)
 # Left as they are: phrases that say the same thing swapped ("one above the other"), and "on bottom of", whose
 # word-level swap "on top of" has its own opposite ("underneath"), so swapping it would not be reversible.
 KEPT = ("one above the other", "one below the other", "one on top of the other", "on bottom of")
@@ -49,6 +51,7 @@ def _swapper(pairs: tuple[tuple[str, str], ...]):
 
 _swap_positions = _swapper(POSITION_OPPOSITES)
 _swap_left_right = _swapper(LEFT_RIGHT)
+_swap_up_down = _swapper(UP_DOWN)
 
 
 def swap_positions(caption: str) -> str:
@@ -62,6 +65,11 @@ def swap_positions(caption: str) -> str:
 def swap_left_right(caption: str) -> str:
     """The caption of the horizontally mirrored image: "left" and "right" swapped, everything else kept."""
     return _swap_left_right(caption)
+
+
+def swap_up_down(caption: str) -> str:
+    """The caption of the vertically mirrored image: "above" and "below", "top" and "bottom" ... swapped."""
+    return _swap_up_down(caption)
 
 
 def position_foil(caption: str) -> str | None:

@@ -22,7 +22,7 @@ def test_the_output_stride_is_saved_in_the_checkpoint_and_rebuilds_the_same_mode
         num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
     )  # fmt: skip
     trainer.fit(module, data)
-    assert module.model.encoder.grid_size == (4, 4) and module.model.memory_pos.shape[1] == 16
+    assert module.model.encoder.grid_size == (4, 4) and module.model.memory_positions().shape[1] == 16
     trainer.save_checkpoint(tmp_path / "stride16.ckpt")
 
     captioner = Captioner.from_checkpoint(tmp_path / "stride16.ckpt", device="cpu")

@@ -10,7 +10,7 @@ from torch import nn
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups
 
-VIT = {"encoder": "test_vit", "image_size": 32}  # 6 blocks, 2x2 patches + a class token
+VIT = {"encoder": "test_vit", "image_size": 32, "memory_positions": "rowcol"}  # 6 blocks, 2x2 patches + a class token
 RESNET = {"encoder": "test_resnet", "image_size": 64}  # a stem and 4 stages of one block each
 
 
@@ -51,7 +51,8 @@ def test_biases_norms_embeddings_and_vit_tokens_do_not_decay_while_weight_matric
         "encoder.trunk.patch_embed.proj.bias",
         "encoder.trunk.blocks.0.norm1.weight",
         "encoder.trunk.norm.bias",
-        "memory_pos",
+        "memory_positions.row",
+        "memory_positions.prefix",  # the class token's place
         "projection.1.weight",  # LayerNorm
         "decoder.token_embed.weight",
         "decoder.pos_embed.weight",
@@ -135,7 +136,7 @@ def test_layer_decay_trains_deeper_vit_blocks_faster_than_the_patch_embedding_up
     assert blocks == pytest.approx([0.5e-3 * 0.8 ** (5 - i) for i in range(6)])  # layer i + 1 of 0..6
     assert groups["encoder.trunk.norm.weight"]["lr"] == blocks[-1] == pytest.approx(0.5e-3)  # the top of the trunk
     assert embed == pytest.approx(0.5e-3 * 0.8**6)
-    assert groups["decoder.blocks.0.self_attn.q.weight"]["lr"] == groups["memory_pos"]["lr"] == pytest.approx(1e-3)
+    assert groups["decoder.blocks.0.self_attn.q.weight"]["lr"] == groups["memory_positions.column"]["lr"] == pytest.approx(1e-3)
     assert groups["encoder.trunk.blocks.2.mlp.fc1.weight"]["name"] == "encoder.layer_3/decay"
     assert groups["encoder.trunk.blocks.2.norm2.bias"]["name"] == "encoder.layer_3/no_decay"
 

@@ -1,0 +1,35 @@
+"""Memory position codes: every grid cell gets its own code, and checkpoints from before the option still load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.model import CaptioningModel, ModelConfig
+from captioning.model.positions import MemoryPositions, sincos_2d
+
+
+def test_sincos_codes_tell_every_cell_apart_and_neighbours_are_closer_than_far_cells():
+    table = sincos_2d(4, 4, 32)  # (16, 32), row by row
+    distances = torch.cdist(table, table)
+    assert distances.masked_fill(torch.eye(16, dtype=torch.bool), 1.0).min() > 0.5  # all distinct
+    assert distances[0, 1] < distances[0, 3] and distances[0, 4] < distances[0, 12]  # along a row and a column
+    assert table.var(dim=0).min() > 0.01  # no channel is constant on a small grid
+
+
+@pytest.mark.parametrize("kind", ["sincos", "rowcol"])
+def test_class_tokens_come_first_and_cells_row_by_row(kind):
+    positions = MemoryPositions(kind, (2, 3), num_prefix=1, dim=8)
+    table = positions()[0]  # (1 + 6, 8)
+    assert table.shape == (7, 8)
+    if kind == "rowcol":  # a row's cells share its row vector: the difference of two columns is the same in each row
+        torch.testing.assert_close(table[1] - table[2], table[4] - table[5])
+
+
+def test_a_checkpoint_config_without_the_option_is_the_learned_table_it_was_trained_with():
+    config = ModelConfig.from_dict({"vocab_size": 20, "encoder": "test_resnet", "image_size": 64, "dim": 32})
+    assert config.memory_positions == "learned"
+    model = CaptioningModel(config)
+    assert "memory_pos" in model.state_dict() and not any(k.startswith("memory_positions") for k in model.state_dict())
+    fresh = CaptioningModel(ModelConfig(vocab_size=20, encoder="test_resnet", image_size=64, dim=32))
+    assert fresh.config.memory_positions == "sincos" and "memory_pos" not in fresh.state_dict()
