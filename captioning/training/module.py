@@ -145,6 +145,7 @@ class CaptioningModule(LightningModule):
             config, tokenizer, state = load_checkpoint(hp.init_from)
             self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
             self.model.load_state_dict(state)
+            self._start_average()  # from the weights it starts from
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
@@ -152,6 +153,7 @@ class CaptioningModule(LightningModule):
             architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
             config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
+            self._start_average()
 
     @property
     def eval_model(self) -> CaptioningModel:
@@ -165,6 +167,7 @@ class CaptioningModule(LightningModule):
         config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
+            self._start_average()  # its saved state follows
         state = checkpoint["state_dict"]
         has_average = any(key.startswith("ema.") for key in state)
         if has_average and self.ema is None:  # evaluating without an average of its own: the average is the model
@@ -199,12 +202,16 @@ class CaptioningModule(LightningModule):
 
     def _build(self, config: ModelConfig, tokenizer: CaptionTokenizer) -> None:
         self.model, self.tokenizer = CaptioningModel(config), tokenizer
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        self.ema = WeightAverage(self.model, self.hparams.ema_decay) if self.hparams.ema_decay and fitting else None
         if self.hparams.compile:
             self.model.compile_parts()
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.tokenizer = tokenizer  # training captions must use the model's vocabulary
+
+    def _start_average(self) -> None:
+        """Starts the moving average of the weights (model.ema_decay) from the model's current ones, when fitting;
+        evaluation reads a checkpoint's average as the model instead (`on_load_checkpoint`)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        self.ema = WeightAverage(self.model, self.hparams.ema_decay) if self.hparams.ema_decay and fitting else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Refused before the file is written: a diverged model never replaces the last good checkpoint.

@@ -55,9 +55,9 @@ def test_the_sampler_draws_each_images_view_the_same_way_on_every_resume():
     assert list(resumed) != first
 
 
-def test_flips_are_on_for_the_built_in_shapes_and_off_for_photos(shapes_root):
-    assert tiny_data(shapes_root).views == (0, 1, 2, 3)
-    assert tiny_data(shapes_root, flip=False).views == (0, 2)
-    assert tiny_data(shapes_root, vertical_flip=False).views == (0, 1)
+def test_left_right_flips_are_on_for_the_built_in_shapes_and_off_for_photos_and_vertical_ones_on_request(shapes_root):
+    assert tiny_data(shapes_root).views == (0, 1)
+    assert tiny_data(shapes_root, vertical_flip=True).views == (0, 1, 2, 3)
+    assert tiny_data(shapes_root, flip=False, vertical_flip=True).views == (0, 2)
     assert tiny_data(shapes_root, dataset="coco").views == (0,)
     assert tiny_data(shapes_root, dataset="coco", flip=True).views == (0, 1)
