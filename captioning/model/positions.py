@@ -37,7 +37,8 @@ class MemoryPositions(nn.Module):
         self.kind, self.grid_size, self.num_prefix = kind, tuple(grid_size), num_prefix
         H, W = self.grid_size
         if kind == "sincos":
-            self.register_buffer("table", sincos_2d(H, W, dim), persistent=False)  # computed, never saved
+            # computed, not saved: a change to `sincos_2d` would change every such checkpoint (add a kind instead)
+            self.register_buffer("table", sincos_2d(H, W, dim), persistent=False)
         elif kind == "rowcol":
             self.row = nn.Parameter(torch.randn(H, dim) * 0.5)  # the two add up to about the memory's scale
             self.column = nn.Parameter(torch.randn(W, dim) * 0.5)
@@ -61,8 +62,8 @@ def sincos_2d(height: int, width: int, dim: int) -> Tensor:
     """Fixed 2D sine-cosine positions (H*W, D): rows in the first D/2 channels, columns in the last D/2.
 
     Frequencies are spread geometrically from half a turn over the whole side (a monotone code of where a token is)
-    to half a turn per cell (which neighbour it is), so every channel varies on a small grid; integer positions
-    with the usual base of 10,000 would leave most channels constant on a 4x4 grid.
+    to half a turn per cell (which neighbour it is, in the cosine), so the channels vary on a small grid; integer
+    positions with the usual base of 10,000 would leave most of them constant on a 4x4 grid.
     """
     if dim % 4:
         raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")

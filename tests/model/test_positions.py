@@ -14,7 +14,7 @@ def test_sincos_codes_tell_every_cell_apart_and_neighbours_are_closer_than_far_c
     distances = torch.cdist(table, table)
     assert distances.masked_fill(torch.eye(16, dtype=torch.bool), 1.0).min() > 0.5  # all distinct
     assert distances[0, 1] < distances[0, 3] and distances[0, 4] < distances[0, 12]  # along a row and a column
-    assert table.var(dim=0).min() > 0.01  # no channel is constant on a small grid
+    assert (table.var(dim=0) > 0.01).float().mean() > 0.9  # nearly every channel varies on a small grid
 
 
 @pytest.mark.parametrize("kind", ["sincos", "rowcol"])
