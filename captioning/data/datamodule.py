@@ -191,7 +191,7 @@ class CaptionDataModule(LightningDataModule):
             raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
         for key, value in (("flip", flip), ("vertical_flip", vertical_flip)):
             if value and feature_cache:
-                raise ValueError(f"data.{key} needs data.feature_cache unset: cached tokens are of the unmirrored image")
+                raise ValueError(f"data.{key} needs data.feature_cache unset: cached tokens are of unmirrored images")
             if value and format == "litdata":
                 raise ValueError(f"data.{key} works with data.format 'folder' only, not 'litdata'")
         for key in stream_options or {}:

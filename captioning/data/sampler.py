@@ -75,7 +75,8 @@ class ResumableSampler(DistributedSampler):
             yield from indices
             return
         size, views = len(self.dataset), torch.tensor(self.views)
-        draws = torch.randint(len(views), (size,), generator=torch.Generator().manual_seed(self.seed + self.epoch + 7919))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch + 7919)  # not the permutation's stream
+        draws = torch.randint(len(views), (size,), generator=generator)
         yield from (index + size * int(views[draws[index]]) for index in indices)
 
     def __len__(self) -> int:

@@ -165,8 +165,8 @@ def describe(scene: list[dict], rng: random.Random, image_size: int) -> list[str
     """Five different captions of a scene, each from its own template, naming the shapes in a random order.
 
     Most templates place the shapes: a lone shape by the ninth of the image it is in, two shapes by their relation
-    ("A above B", or "B below A": the order is drawn per caption), three by the relation of two of them. Version 1 of the
-    generator placed shapes in one caption in four, and a model trained on it placed them at chance.
+    ("A above B", or "B below A": the order is drawn per caption), three by the relation of two of them. Version 1
+    of the generator placed shapes in one caption in four, and a model trained on it placed them at chance.
     """
     captions = []
     templates = list(range(5))
@@ -187,8 +187,8 @@ def describe(scene: list[dict], rng: random.Random, image_size: int) -> list[str
         else:
             a, b, c = phrases
             relation = _relation(*shapes[:2])
-            options = [f"{a} {b} and {c}", f"three shapes {a} {relation} {b} and {c}",
-                       f"{a} {relation} {b} and {c}", f"there are {a} {relation} {b} and {c}", f"{a} with {b} and {c}"]  # fmt: skip
+            options = [f"{a} {b} and {c}", f"three shapes {a} {relation} {b} and {c}", f"{a} {relation} {b} and {c}",
+                       f"there are {a} {relation} {b} and {c}", f"{a} with {b} and {c}"]  # fmt: skip
         captions.append(options[template])
     return captions
 

@@ -37,7 +37,8 @@ class FoilProbe:
                 continue
             tokens = tokenizer.encode(true + [position_foil(c) for c in true], max_length=10**6)
             lengths = (tokens != tokenizer.pad_id).sum(dim=1) - 1  # words + end token
-            fair = ((tokens == tokenizer.unk_id).any(dim=1) | (lengths > max_length)).view(2, -1).any(dim=0).logical_not()
+            unfair = (tokens == tokenizer.unk_id).any(dim=1) | (lengths > max_length)  # (2P,)
+            fair = ~unfair.view(2, -1).any(dim=0)  # (P,): neither the caption nor its foil is unfair
             if fair.any():
                 kept = torch.cat([fair, fair])
                 self.pairs[image_id] = tokens[kept][:, : max_length + 1]

@@ -174,7 +174,8 @@ class CaptioningModule(LightningModule):
             averaged = {k.removeprefix("ema.model."): v for k, v in state.items() if k.startswith("ema.model.")}
             checkpoint["state_dict"] = {f"model.{k}": v for k, v in averaged.items()}
         elif self.ema is not None and not has_average:  # e.g. an EMA run resumed from a checkpoint without one
-            state.update({f"ema.model.{k.removeprefix('model.')}": v for k, v in state.items() if k.startswith("model.")})
+            trained = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+            state.update({f"ema.model.{k}": v for k, v in trained.items()})
             state["ema.updates"] = self.ema.updates.clone()
 
     def _feature_cache_wanted(self) -> bool:

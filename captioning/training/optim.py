@@ -27,14 +27,16 @@ def parameter_groups(
 
     No weight decay on parameters with ndim <= 1 (biases, normalisation weights, layer scales), on embeddings (the
     decoder's token embedding, tied to the LM head and listed once, and its position embedding), on the model's
-    memory positions, nor on what the trunk's `no_weight_decay()` names (position embeddings, class and register tokens).
+    memory positions, nor on what the trunk's `no_weight_decay()` names (position embeddings, class and register
+    tokens).
 
     Weight decay is not an argument: no-decay groups set `weight_decay=0.0` and the decayed groups set none, so they
     take the optimizer's own `weight_decay` (e.g. `AdamW(lr=3e-4, weight_decay=0.05)` in the config) and the value
     lives in one place. The same goes for the learning rate: each group carries `lr_scale`, which `apply_lr_scales`
     multiplies into the optimizer's `lr` once it is built.
 
-    Encoder (trunk) groups get `lr_scale = encoder_lr_scale`; the projection, the memory positions and the decoder get 1.0.
+    Encoder (trunk) groups get `lr_scale = encoder_lr_scale`; the projection, the memory positions and the decoder get
+    1.0.
     With `layer_decay`, trunk layer i gets `encoder_lr_scale * layer_decay ** (top - i)`, where timm's
     `group_matcher` numbers the layers from the stem or patch embedding (0) up, ViT blocks or CNN stage blocks in
     between, and `top` is the highest layer that has trainable parameters: the top of the trunk trains at

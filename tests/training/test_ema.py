@@ -27,9 +27,9 @@ def fit(shapes_root, steps: int, folder, ckpt_path=None, callbacks=()) -> Captio
     L.seed_everything(0, verbose=False)
     module = CaptioningModule(**MODEL)
     trainer = L.Trainer(
-        max_steps=4, callbacks=[StopAt(steps), *callbacks], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
-        default_root_dir=folder,
+        max_steps=4, callbacks=[StopAt(steps), *callbacks], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu", default_root_dir=folder,
     )  # fmt: skip
     trainer.fit(module, tiny_data(shapes_root, flip=False), ckpt_path=ckpt_path)
     trainer.save_checkpoint(folder / f"step{steps}.ckpt")

@@ -136,7 +136,8 @@ def test_layer_decay_trains_deeper_vit_blocks_faster_than_the_patch_embedding_up
     assert blocks == pytest.approx([0.5e-3 * 0.8 ** (5 - i) for i in range(6)])  # layer i + 1 of 0..6
     assert groups["encoder.trunk.norm.weight"]["lr"] == blocks[-1] == pytest.approx(0.5e-3)  # the top of the trunk
     assert embed == pytest.approx(0.5e-3 * 0.8**6)
-    assert groups["decoder.blocks.0.self_attn.q.weight"]["lr"] == groups["memory_positions.column"]["lr"] == pytest.approx(1e-3)
+    decoder_lr = groups["decoder.blocks.0.self_attn.q.weight"]["lr"]
+    assert decoder_lr == groups["memory_positions.column"]["lr"] == pytest.approx(1e-3)
     assert groups["encoder.trunk.blocks.2.mlp.fc1.weight"]["name"] == "encoder.layer_3/decay"
     assert groups["encoder.trunk.blocks.2.norm2.bias"]["name"] == "encoder.layer_3/no_decay"
 
