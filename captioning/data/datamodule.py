@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +59,14 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def __iter__(self) -> Iterator[dict]:
+        return (self[index] for index in range(len(self)))  # the images as they are, each once
+
     def __getitem__(self, index: int) -> dict:
-        view, record = divmod(index, len(self.records))[0], self.records[index % len(self.records)]
+        view, position = divmod(index, len(self.records))
+        if not 0 <= view <= HORIZONTAL | VERTICAL:
+            raise IndexError(f"index {index} is outside the {len(self.records)} images and their mirrored views")
+        record = self.records[position]
         captions = record.captions
         try:
             # JPEGs are decoded at the smallest DCT scale that still covers the model's input (see transforms)
