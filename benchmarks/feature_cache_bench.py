@@ -72,7 +72,7 @@ def run_epoch(args: argparse.Namespace, root: Path, cache: Path | None) -> tuple
         root=str(root), shapes_split_sizes={"train": args.images, "val": 8, "test": 8}, shapes_image_size=224,
         encoder=ENCODER, image_size=224, max_length=DECODER["max_length"], min_word_frequency=1,
         batch_size=args.batch_size, eval_batch_size=64, num_workers=args.workers,
-        feature_cache=str(cache) if cache else None,
+        feature_cache=str(cache) if cache else None, flip=False,  # the cache holds unmirrored images' tokens
     )  # fmt: skip
     module = CaptioningModule(encoder=ENCODER, pretrained=False, freeze_encoder=True, image_size=224, **DECODER)
     clock = EpochClock()

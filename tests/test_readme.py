@@ -20,5 +20,5 @@ def test_the_python_snippet_runs_on_the_files_the_main_job_writes(tmp_path, trai
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and all(re.search(r" -?\d+\.\d+ \(\d+, \d+, \d+\)$", line) for line in lines[:2])
-    assert re.fullmatch(r"-\d+\.\d+ -\d+\.\d+ 9", lines[2])  # two log-probabilities; 8 words and the end token
+    assert re.fullmatch(r"-\d+\.\d+ -\d+\.\d+ 8", lines[2])  # two log-probabilities; 7 words and the end token
     assert "'CIDEr'" in lines[3] and "'Bleu_4'" in lines[3]

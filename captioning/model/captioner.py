@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from captioning.model.decoder import TextDecoder
 from captioning.model.encoder import ImageEncoder
+from captioning.model.memory_encoder import MemoryBlock
 from captioning.model.positions import MemoryPositions
 
 
@@ -33,6 +34,7 @@ class ModelConfig:
     max_length: int = 24
     dropout: float = 0.1
     memory_positions: str = "sincos"
+    memory_layers: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +66,8 @@ class CaptioningModel(nn.Module):
             nn.init.normal_(self.memory_pos, std=0.02)
         else:
             self.memory_positions = MemoryPositions(config.memory_positions, grid, prefix, config.dim)
+        block = dict(num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout)
+        self.memory_blocks = nn.ModuleList(MemoryBlock(config.dim, **block) for _ in range(config.memory_layers))
         self.decoder = TextDecoder(
             config.vocab_size,
             dim=config.dim,
@@ -91,7 +95,10 @@ class CaptioningModel(nn.Module):
     def project(self, features: Tensor) -> Tensor:
         """Encoder tokens (B, M, C_enc) -> memory (B, M, D); apart from `encode` so cached features can skip it."""
         positions = self.memory_pos if self.config.memory_positions == "learned" else self.memory_positions()
-        return self.projection(features) + positions  # (B, M, D) + (1, M, D)
+        memory = self.projection(features) + positions  # (B, M, D) + (1, M, D)
+        for block in self.memory_blocks:  # each token gathers where the others are (see memory_encoder)
+            memory = block(memory)
+        return memory
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits.

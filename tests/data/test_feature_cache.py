@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cached_data(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
-    return tiny_data(shapes_root, image_size=image_size, feature_cache=str(cache) if cache else None)
+    # no flips: the cache holds the tokens of the images as they are, and the losses must see the same images
+    return tiny_data(shapes_root, image_size=image_size, feature_cache=str(cache) if cache else None, flip=False)
 
 
 def datamodule(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
