@@ -33,3 +33,17 @@ def test_a_checkpoint_config_without_the_option_is_the_learned_table_it_was_trai
     assert "memory_pos" in model.state_dict() and not any(k.startswith("memory_positions") for k in model.state_dict())
     fresh = CaptioningModel(ModelConfig(vocab_size=20, encoder="test_resnet", image_size=64, dim=32))
     assert fresh.config.memory_positions == "sincos" and "memory_pos" not in fresh.state_dict()
+
+
+@pytest.mark.parametrize("layers", [0, 1])
+def test_memory_blocks_let_every_token_see_the_others_and_none_keeps_tokens_apart(layers):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=20, encoder="test_resnet", image_size=64, dim=32, num_heads=2, memory_layers=layers)
+    model = CaptioningModel(config).eval()
+    features = torch.randn(1, model.encoder.num_tokens, model.encoder.feature_dim)  # (1, M, C_enc)
+    changed = features.clone()
+    changed[0, 0] += 1.0  # one token's features
+    with torch.no_grad():
+        moved = (model.project(changed) - model.project(features)).abs().amax(dim=-1)[0]  # (M,)
+    assert moved[0] > 0
+    assert (moved[1:] > 0).all() if layers else (moved[1:] == 0).all()
