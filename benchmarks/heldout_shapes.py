@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -127,14 +128,14 @@ def main() -> None:
         "--seed_everything", str(args.seed), "--trainer.logger.init_args.save_dir", str(args.out / "runs"),
     ]  # fmt: skip
     xe = ["fit", "--config", "configs/shapes_hard.yaml", *data, "--trainer.logger.init_args.name", "xe"]
-    print("XE:  ", " ".join(["captioning", *xe]))
+    print("XE:  ", shlex.join(["captioning", *xe]))
     if not args.run:
         return
     subprocess.run([sys.executable, "-m", "captioning", *xe], check=True)
     xe_run = sorted((args.out / "runs" / "xe").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
     scst = ["fit", "--config", "configs/shapes_hard_scst.yaml", *data, "--trainer.logger.init_args.name", "scst"]
     scst += ["--model.init_from", str(xe_run / "checkpoints" / "best.ckpt")]
-    print("SCST:", " ".join(["captioning", *scst]))
+    print("SCST:", shlex.join(["captioning", *scst]))
     subprocess.run([sys.executable, "-m", "captioning", *scst], check=True)
     scst_run = sorted((args.out / "runs" / "scst").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
     before, after = (json.loads((run / "metrics.json").read_text())["CIDEr"] for run in (xe_run, scst_run))
