@@ -38,9 +38,9 @@ SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
 # Splits that `feature_cache` serves as encoder tokens. Validation and test read images: they score what
 # `captioning caption` does (the whole model, full precision), and they run from checkpoints without a fit.
 CACHED_SPLITS = ("train",)
+HORIZONTAL, VERTICAL = 1, 2  # the mirrors of a view of a training image (see CaptionDataset)
 # What `data.stream_options` may set on LitData's StreamingDataset: where and how chunks are fetched and cached, not
 # what a process sees (order, sharding and subsampling stay ours, so that each image comes once per epoch).
-HORIZONTAL, VERTICAL = 1, 2  # the mirrors of a view of a training image (see CaptionDataset)
 STREAM_OPTIONS = ("cache_dir", "max_cache_size", "max_pre_download", "storage_options", "session_options")
 
 

@@ -58,10 +58,10 @@ class FoilProbe:
         tokens = torch.cat([_pad(t, width, self.pad_id) for _, t in rows]).to(memory.device)  # (N, T+1)
         owners = torch.tensor([b for b, t in rows for _ in range(len(t))], device=memory.device)  # (N,)
         log_probs = score_tokens(decoder, memory, tokens, owners, self.pad_id).log_probs  # (N,)
-        for start, (_, t) in zip(_offsets(rows), rows, strict=True):
-            true, foil = log_probs[start : start + len(t)].view(2, -1)
+        for image_log_probs in log_probs.split([len(t) for _, t in rows]):
+            true, foil = image_log_probs.view(2, -1)  # (P,) each: an image's captions, then their foils
             self.wins += int((true > foil).sum())
-            self.total += len(t) // 2
+            self.total += len(true)
 
     def result(self) -> tuple[int, int]:
         """(wins, pairs) since the last call; the counts start again."""
@@ -72,10 +72,3 @@ class FoilProbe:
 def _pad(tokens: Tensor, width: int, pad_id: int) -> Tensor:
     return torch.nn.functional.pad(tokens, (0, width - tokens.size(1)), value=pad_id)
 
-
-def _offsets(rows: list) -> list[int]:
-    offsets, start = [], 0
-    for _, tokens in rows:
-        offsets.append(start)
-        start += len(tokens)
-    return offsets
