@@ -1,9 +1,9 @@
 """captioning: cross-attention image captioning with any timm encoder, trained with Lightning.
 
-`from captioning import Captioner` loads a trained checkpoint and captions images.
+`from captioning import Captioner` loads a trained checkpoint, captions images and scores given captions.
 """
 
-__all__ = ["Caption", "Captioner"]
+__all__ = ["Caption", "CaptionScore", "Captioner"]
 __version__ = "0.1.0"
 
 
