@@ -7,6 +7,7 @@ import lightning as L
 import torch
 
 from captioning import Captioner
+from captioning.checkpoint import load_checkpoint
 from captioning.training.module import CaptioningModule
 from tests.conftest import TINY_MODEL, tiny_data
 
@@ -73,3 +74,19 @@ def test_a_resumed_run_continues_the_average_it_saved(shapes_root, one_thread, t
     assert first.state["updates"].item() == 2 and resumed.ema.updates.item() == 4
     for key, value in first.state.items():
         torch.testing.assert_close(value, saved[f"ema.{key}"])  # not the trained weights, not a fresh copy
+
+
+def test_a_run_started_from_a_checkpoint_averages_from_the_weights_it_starts_from(shapes_root, one_thread, tmp_path):
+    fit(shapes_root, 2, tmp_path)
+    L.seed_everything(0, verbose=False)
+    module = CaptioningModule(**{**MODEL, "init_from": str(tmp_path / "step2.ckpt")})  # e.g. SCST after XE
+    first = FirstAverage()
+    trainer = L.Trainer(
+        max_steps=1, callbacks=[first], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, tiny_data(shapes_root, flip=False))
+    _, _, start = load_checkpoint(tmp_path / "step2.ckpt")  # the first run's average: what the new run starts from
+    assert first.state["updates"].item() == 0
+    for key, value in start.items():
+        torch.testing.assert_close(first.state[f"model.{key}"], value)
