@@ -201,9 +201,7 @@ class Captioner:
         Returns:
             One Caption per image, in order (a list, also for one image).
         """
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)) or (isinstance(images, Tensor) and images.ndim < 4):
-            images = [images]
-        images = [one for item in images for one in (item.unbind(0) if _is_batch(item) else [item])]
+        images, _ = _image_list(images)
         tok = self.tokenizer
         suppress = [tok.pad_id, tok.bos_id] + ([tok.unk_id] if suppress_unk else [])
         rules = dict(min_length=min_length, suppress_tokens=suppress, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -250,12 +248,9 @@ class Captioner:
             For one image, a CaptionScore or a list of them, matching `captions`; for several images, one entry per
             image, each a CaptionScore or a list of them.
         """
-        single = isinstance(images, (str, Path, Image.Image, np.ndarray)) or (
-            isinstance(images, Tensor) and images.ndim < 4
-        )
+        images, single = _image_list(images)
         if single:
-            images, captions = [images], [captions]
-        images = [one for item in images for one in (item.unbind(0) if _is_batch(item) else [item])]
+            captions = [captions]
         if isinstance(captions, str) or len(captions) != len(images):
             count = 1 if isinstance(captions, str) else len(captions)
             raise ValueError(f"score: {len(images)} images but captions for {count}: give one entry per image")
@@ -327,6 +322,15 @@ def _split(items: list, counts: list[int]) -> list[list]:
     """Consecutive groups of `counts` items."""
     ends = np.cumsum([0, *counts])
     return [items[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _image_list(images: ImageInput | Iterable[ImageInput]) -> tuple[list[ImageInput], bool]:
+    """One image or several (a (B, 3, H, W) tensor counts as B) -> a list of single images, and whether one was
+    given alone."""
+    alone = (str, Path, Image.Image, np.ndarray)
+    single = isinstance(images, alone) or (isinstance(images, Tensor) and images.ndim < 4)
+    items = [images] if single else images
+    return [one for item in items for one in (item.unbind(0) if _is_batch(item) else [item])], single
 
 
 def _is_batch(item: object) -> bool:

@@ -128,3 +128,26 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from tests.helpers import train_tiny_checkpoint
 
     return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")
+
+
+@pytest.fixture(scope="session")
+def captioner(tiny_checkpoint):
+    """The tiny checkpoint as a `Captioner` on the CPU."""
+    from captioning.inference import Captioner
+
+    return Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_records(tiny_checkpoint) -> list:
+    """The test split of the tiny checkpoint's shapes data."""
+    from captioning.data.coco import load_coco_captions
+    from captioning.data.shapes import annotation_path
+
+    root = tiny_checkpoint.parent / "shapes"
+    return load_coco_captions(annotation_path(root, "test"), root / "test")
+
+
+@pytest.fixture(scope="session")
+def test_images(test_records) -> list[Path]:
+    return [record.path for record in test_records]

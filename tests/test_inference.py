@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from captioning.data.coco import load_coco_captions
-from captioning.data.shapes import annotation_path
 from captioning.data.transforms import load_image
 from captioning.inference import Caption, Captioner
 from captioning.model import CaptioningModel, ModelConfig
@@ -20,17 +17,6 @@ from tests.conftest import TINY_MODEL
 from tests.helpers import broken_images, odd_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="session")
-def captioner(tiny_checkpoint) -> Captioner:
-    return Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def test_images(tiny_checkpoint) -> list[Path]:
-    root = tiny_checkpoint.parent / "shapes"
-    return [r.path for r in load_coco_captions(annotation_path(root, "test"), root / "test")]
 
 
 def test_captions_paths_pil_images_arrays_and_tensors(captioner, test_images):

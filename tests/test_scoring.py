@@ -5,28 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioning.data.coco import load_coco_captions
-from captioning.data.shapes import annotation_path
-from captioning.inference import Captioner
 from captioning.model.generation import greedy_decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def captioner(tiny_checkpoint) -> Captioner:
-    return Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def records(tiny_checkpoint) -> list:
-    root = tiny_checkpoint.parent / "shapes"
-    return load_coco_captions(annotation_path(root, "test"), root / "test")
-
-
-@pytest.fixture(scope="module")
-def test_images(records) -> list:
-    return [r.path for r in records]
 
 
 def test_score_equals_the_summed_step_log_probabilities_of_greedy_decoding_on_its_own_captions(captioner, test_images):
@@ -56,8 +37,8 @@ def test_any_number_of_captions_per_image_scores_as_one_caption_at_a_time(captio
     assert together[1].log_prob == pytest.approx(alone[2].log_prob, abs=1e-4)
 
 
-def test_the_true_caption_outscores_a_caption_of_other_shapes(captioner, records):
-    records = records[:16]
+def test_the_true_caption_outscores_a_caption_of_other_shapes(captioner, test_records):
+    records = test_records[:16]
     true = [r.captions[0] for r in records]
     other = true[1:] + true[:1]  # each image with the next image's caption
     scores = captioner.score([r.path for r in records], [[t, o] for t, o in zip(true, other, strict=True)])

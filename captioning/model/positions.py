@@ -1,13 +1,14 @@
 """Where each memory token sits on the encoder's grid, added to the memory so that "left of" and "above" can be read.
 
 CNN feature maps carry little position of their own, and a ViT's position embedding is mixed away by its blocks.
-Three codes of a token's (row, column), each a (1, M, D) table added to the projected memory:
+Codes of a token's (row, column), each a (1, M, D) table added to the projected memory:
 - "sincos": fixed 2D sine-cosine, half the channels for the row and half for the column (MAE, He et al., 2022);
   at the scale of the LayerNorm'd memory from the first step, and nothing to learn;
 - "rowcol": a learned row and a learned column embedding, added (DETR's learned positions, Carion et al., 2020):
   one vector per row shared by its whole row, so a place is learned from every image that has a shape there;
-- "learned": a free vector per token, initialised small (std 0.02), as checkpoints before this option hold it.
-Tokens off the grid (a ViT's class and register tokens) get zeros from "sincos" and a learned vector otherwise.
+Tokens off the grid (a ViT's class and register tokens) get zeros from "sincos" and a learned vector from "rowcol".
+(The model's third option, "learned", a free vector per token as checkpoints before these codes hold it, is a plain
+parameter of `CaptioningModel`.)
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-MEMORY_POSITIONS = ("sincos", "rowcol", "learned")
+MEMORY_POSITIONS = ("sincos", "rowcol")
 
 
 class MemoryPositions(nn.Module):
     """A (1, M, D) position code of the memory: `num_prefix` tokens off the grid, then the grid row by row.
 
     Args:
-        kind: "sincos", "rowcol" or "learned".
+        kind: "sincos" or "rowcol".
         grid_size: (H, W) of the encoder's grid.
         num_prefix: tokens before the grid (class and register tokens).
         dim: D, the memory's width.
@@ -33,7 +34,7 @@ class MemoryPositions(nn.Module):
     def __init__(self, kind: str, grid_size: tuple[int, int], num_prefix: int, dim: int) -> None:
         super().__init__()
         if kind not in MEMORY_POSITIONS:
-            raise ValueError(f"model.memory_positions: '{kind}' is not one of {', '.join(MEMORY_POSITIONS)}")
+            raise ValueError(f"model.memory_positions: '{kind}' is not one of sincos, rowcol, learned")
         self.kind, self.grid_size, self.num_prefix = kind, tuple(grid_size), num_prefix
         H, W = self.grid_size
         if kind == "sincos":
@@ -42,7 +43,7 @@ class MemoryPositions(nn.Module):
         elif kind == "rowcol":
             self.row = nn.Parameter(torch.randn(H, dim) * 0.5)  # the two add up to about the memory's scale
             self.column = nn.Parameter(torch.randn(W, dim) * 0.5)
-        if kind != "sincos" and num_prefix:
+        if kind == "rowcol" and num_prefix:
             self.prefix = nn.Parameter(torch.randn(num_prefix, dim) * 0.02)
 
     def forward(self) -> Tensor:
