@@ -42,6 +42,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    kind = file_kind(path)
+    if kind:
+        raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as error:
@@ -51,20 +54,85 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     return checkpoint
 
 
+# The first bytes of files that people pass by mistake; a torch checkpoint is a zip archive or a pickle (0x80).
+SIGNATURES = {
+    b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image", b"BM": "a BMP image",
+    b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip file",
+    b"\x89HDF": "an HDF5 file", b"7z\xbc\xaf": "a 7-Zip archive",
+}  # fmt: skip
+
+
+def file_kind(path: Path) -> str | None:
+    """What a file that cannot be a torch checkpoint looks like ("a JPEG image", "a text file (.yaml)"); None for a
+    zip archive, a pickle, or anything unrecognised, which torch.load then judges."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                saved_by_torch = any(name.endswith("data.pkl") for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return None  # a truncated checkpoint, say: torch.load tells
+        return None if saved_by_torch else "a zip archive without the data.pkl that torch.save writes"
+    if head[0] == 0x80:  # a pickle protocol mark
+        return None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a WebP image"
+    kind = next((kind for signature, kind in SIGNATURES.items() if head.startswith(signature)), None)
+    if kind:
+        return kind
+    if head[8:10] == b'{"':  # an 8-byte header length, then the JSON header
+        return "a safetensors file: weights without the model config and tokenizer that a checkpoint carries"
+    if path.suffix == ".onnx":
+        return "an ONNX model: load it with captioning.onnx_captioner.OnnxCaptioner"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not just a character cut at the end of the 512 bytes
+            return None
+    return f"a {path.suffix} text file".replace("a  ", "a ") if b"\x00" not in head else None
+
+
 def unreadable(path: str | Path, error: Exception) -> CheckpointError:
     """The one-line error for a checkpoint that torch.load(weights_only=True) failed to read."""
-    return CheckpointError(f"{path}: not a readable checkpoint ({_reason(error)})")
+    return CheckpointError(f"{path}: {_reason(error)}")
 
 
 def _reason(error: Exception) -> str:
-    """One line on why torch.load failed (its own messages run to a page of advice)."""
+    """One line on why torch.load failed, in our words (its own messages run to a page of advice)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if isinstance(error, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
-        refused = next((line for line in lines if "GLOBAL" in line or "WeightsUnpickler" in line), lines[-1])
-        return f"it holds pickled code or objects other than weights, refused and not run: {refused.rstrip('.')}"
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if refused:  # e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+            name = refused.split("GLOBAL", 1)[1].split()[0]
+            return f"not a readable checkpoint: it holds pickled code ({name}), refused and not run"
+        detail = next((line for line in lines if line.startswith("Unsupported")), "")
+        return f"not a readable checkpoint: a pickle that is not a torch checkpoint{f' ({detail})' if detail else ''}"
     if isinstance(error, (KeyError, EOFError, zipfile.BadZipFile)) or not lines:
-        return "truncated, or not a torch checkpoint file"
-    return lines[0].split(". ")[0]  # the first sentence
+        return "not a readable checkpoint: truncated, or not a torch checkpoint file"
+    return f"not a readable checkpoint ({lines[0].split('. ')[0]})"  # the first sentence
+
+
+def missing_entries(checkpoint: dict) -> str | None:
+    """What keeps a readable checkpoint from being a captioning one, in one line naming the missing keys; None when
+    it has them."""
+    meta = checkpoint.get("captioning")
+    missing = [key for key in ("model_config", "tokenizer") if not isinstance(meta, dict) or key not in meta]
+    missing = (["captioning"] if not isinstance(meta, dict) else [f"captioning.{key}" for key in missing]) + [
+        key for key in ("state_dict",) if not isinstance(checkpoint.get(key), dict)
+    ]
+    if not missing:
+        return None
+    keys = sorted(map(str, checkpoint))
+    held = f"{len(keys)} keys such as {', '.join(repr(k) for k in keys[:3])}" if keys else "no keys"
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        held = f"a bare state dict of {len(keys)} tensors such as {keys[0]!r}"
+    return (
+        f"not a captioning checkpoint: it lacks {', '.join(repr(k) for k in missing)} (it holds {held}); "
+        "captioning fit writes checkpoints with the model config, the tokenizer and the weights"
+    )
 
 
 def load_checkpoint(
@@ -78,17 +146,17 @@ def load_checkpoint(
     """
     path = Path(path)
     checkpoint = read_checkpoint(path, mmap=mmap)
-    meta = checkpoint.get("captioning")
-    if not isinstance(meta, dict) or "model_config" not in meta or "tokenizer" not in meta:
-        raise CheckpointError(
-            f"{path}: not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)"
-        )
+    problem = missing_entries(checkpoint)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    meta = checkpoint["captioning"]
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
     except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({_reason(error)})") from None
-    weights = checkpoint.get("state_dict", {})
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({reason})") from None
+    weights = checkpoint["state_dict"]
     # A run with model.ema_decay keeps the moving average beside the trained weights: the average is the model.
     prefix = "ema.model." if any(k.startswith("ema.model.") for k in weights) else "model."
     state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}

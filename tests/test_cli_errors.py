@@ -14,7 +14,7 @@ from lightning import Callback
 
 from captioning.cli import is_user_error
 from captioning.errors import UserError
-from tests.conftest import ROOT, TINY_SPLITS, run_cli, tiny_args
+from tests.conftest import COCO_MINI, ROOT, TINY_SPLITS, require, run_cli, tiny_args
 from tests.training.test_faults import Payload
 
 pytestmark = pytest.mark.slow
@@ -144,3 +144,30 @@ def test_a_command_whose_extra_is_not_installed_says_which_to_install(command, m
     assert result.stderr.strip().splitlines() == [
         f'error: `captioning {command}` needs {module}: pip install -e ".[{extra}]"'
     ]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, checkpoint):
+    from captioning.checkpoint import load_checkpoint
+
+    photo = min(require(COCO_MINI / "val2017").glob("*.jpg"))
+    archive = tmp_path / "photos.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", photo.parent, photo.name)
+    bare = tmp_path / "weights.pt"
+    torch.save(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"], bare)
+    other = tmp_path / "other.ckpt"
+    torch.save({"epoch": 3, "state_dict": {}, "optimizer_states": []}, other)  # another program's Lightning run
+    expected = {
+        photo: "not a checkpoint (it looks like a JPEG image)",
+        ROOT / "configs" / "shapes.yaml": "not a checkpoint (it looks like a .yaml text file)",
+        archive: "not a checkpoint (it looks like a zip archive without the data.pkl that torch.save writes)",
+        bare: "not a captioning checkpoint: it lacks 'captioning', 'state_dict' (it holds a bare state dict of",
+        other: "not a captioning checkpoint: it lacks 'captioning' (it holds 3 keys such as 'epoch', 'optimizer_states'",
+    }
+    for path, message in expected.items():
+        with pytest.raises(UserError) as error:
+            load_checkpoint(path)
+        assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
+
+    result = run_cli("caption", "--checkpoint", str(photo), str(photo))  # the mistake as users make it
+    assert result.returncode != 0
+    assert _error_lines(result.stderr) == [f"error: {photo}: not a checkpoint (it looks like a JPEG image)"]

@@ -14,8 +14,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from captioning.checkpoint import UNREADABLE, unreadable
-from captioning.errors import UserError
+from captioning.checkpoint import UNREADABLE, file_kind, missing_entries, unreadable
+from captioning.errors import CheckpointError, UserError
 
 
 class CheckpointWriteError(UserError):
@@ -62,10 +62,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Raises:
             CheckpointError: one line naming the file, for a truncated, foreign or code-carrying checkpoint.
         """
+        kind = file_kind(Path(path)) if Path(path).is_file() else None  # a remote path goes straight to Lightning
+        if kind:
+            raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
         kwargs = {"map_location": map_location} if map_location is not None else {}
         try:
-            return super().load_checkpoint(path, weights_only=True, **kwargs)
+            checkpoint = super().load_checkpoint(path, weights_only=True, **kwargs)
         except FileNotFoundError:
             raise
         except UNREADABLE as error:
             raise unreadable(path, error) from None
+        problem = missing_entries(checkpoint) if isinstance(checkpoint, dict) else "not a checkpoint dictionary"
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
+        return checkpoint
