@@ -103,6 +103,7 @@ def trained_run(tmp_path_factory, shapes_root) -> Path:
     result = run_cli(*tiny_args("fit", shapes_root, run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     (version,) = (run_dir / "shapes").iterdir()
+    assert f"run folder: {version}" in result.stdout.splitlines()  # fit says where its results are
     return version
 
 

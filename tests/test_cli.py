@@ -95,6 +95,7 @@ def test_bad_input_is_a_one_line_error_and_a_failing_exit(tmp_path, shapes_root,
     errors = [line for line in result.stderr.splitlines() if message in line]
     assert errors, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "shapes").exists()  # a run that never saved a checkpoint leaves no empty version folder
 
 
 def test_ddp_fits_and_its_validation_gathers_every_process_to_equal_one_process(tmp_path, shapes_root):

@@ -171,3 +171,14 @@ def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, check
     result = run_cli("caption", "--checkpoint", str(photo), str(photo))  # the mistake as users make it
     assert result.returncode != 0
     assert _error_lines(result.stderr) == [f"error: {photo}: not a checkpoint (it looks like a JPEG image)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_config_on_a_machine_without_one_names_the_two_overrides(tmp_path):
+    result = run_cli("fit", "--config", str(ROOT / "configs" / "coco.yaml"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert _error_lines(result.stderr) == [
+        "error: trainer.accelerator: 'gpu', but this machine has no GPU that torch can use; to run on the CPU, add "
+        "--trainer.accelerator cpu --trainer.precision 32-true"
+    ]
+    assert not (tmp_path / "runs").exists()

@@ -7,10 +7,13 @@ when stdout is not a terminal, and a test of the best checkpoint after `fit`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -87,6 +90,7 @@ class CaptioningCLI(LightningCLI):
         `version_N/COMMAND-CHECKPOINT`."""
         quiet.silence_known_noise(resuming=bool(self.config[self.subcommand].get("ckpt_path")))
         config = self.config[self.subcommand]
+        check_accelerator(config.trainer.get("accelerator"))
         logger = config.trainer.get("logger")
         init = getattr(logger, "init_args", None)
         if init is None or "save_dir" not in init or "version" not in init:
@@ -111,12 +115,34 @@ class CaptioningCLI(LightningCLI):
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar", True) is not False and not bars:
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         trainer = super().instantiate_trainer(**kwargs)
+        self._new_run_folder = trainer.log_dir is not None and not Path(trainer.log_dir).exists()
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], CSVLogger):
             if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
                 csv = loggers[0]  # same folder: one run, one directory
                 trainer.loggers = [csv, TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version)]
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if subcommand == "fit":
+                self._remove_unsaved_run()
+            raise
+        if subcommand == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
+            print(f"run folder: {self.trainer.log_dir}")
+
+    def _remove_unsaved_run(self) -> None:
+        """A fit that failed before its first checkpoint leaves no folder behind: the next run takes its number."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not self._new_run_folder or not trainer.is_global_zero or not trainer.log_dir:
+            return
+        saved = any(c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks)
+        if not saved:
+            shutil.rmtree(trainer.log_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # runs/NAME too, when this run was its only one
+                Path(trainer.log_dir).parent.rmdir()
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
@@ -134,6 +160,19 @@ class CaptioningCLI(LightningCLI):
                 f"metrics.json holds the scores of the other {counts['images_scored']}: pass "
                 "--allow_missing_images=true to accept them"
             )
+
+
+def check_accelerator(accelerator) -> None:
+    """A GPU config on a machine without one: say how to run it on the CPU instead of Lightning's "No supported gpu
+    backend found!"."""
+    if accelerator not in ("gpu", "cuda") or CUDAAccelerator.is_available():
+        return
+    if accelerator == "gpu" and MPSAccelerator.is_available():
+        return
+    raise UserError(
+        f"trainer.accelerator: '{accelerator}', but this machine has no GPU that torch can use; to run on the CPU, "
+        "add --trainer.accelerator cpu --trainer.precision 32-true"
+    )
 
 
 def main(argv: list[str], pass_args: bool = True) -> int:
