@@ -78,6 +78,7 @@ def test_fit_on_the_real_coco_mini_set(tmp_path):
     ("args", "message"),
     [
         (["--model.no_such_key=3"], "no_such_key"),
+        (["--trainer.max_epoch=3"], "--trainer.max_epoch=3 (did you mean --trainer.max_epochs?)"),  # no prefixes
         (["--model.encoder=resnet_5O"], "unknown timm model name 'resnet_5O'"),
         (
             [

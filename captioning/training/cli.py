@@ -8,9 +8,12 @@ when stdout is not a terminal, and a test of the best checkpoint after `fit`.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
+import re
 import shutil
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
@@ -34,7 +37,7 @@ class CaptioningCLI(LightningCLI):
             CaptionDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},  # main() prints a one-line error instead of the whole usage
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # one-line errors; no prefix matching
             trainer_defaults={
                 "logger": {"class_path": "captioning.training.run_folder.RunLogger", "init_args": {"save_dir": "runs"}},
                 "plugins": [{"class_path": "captioning.training.checkpoint_io.AtomicCheckpointIO"}],
@@ -65,6 +68,17 @@ class CaptioningCLI(LightningCLI):
         # steps after the last multiple of N are not in last.ckpt when a run ends (best.ckpt is saved on validation).
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            argv = sys.argv[1:] if args is None else list(args)
+            subcommand = parser._subcommands_action._name_parser_map.get(argv[0]) if argv else None
+            hint = did_you_mean(str(error), option_names(subcommand)) if subcommand else ""
+            if not hint:
+                raise
+            raise ArgumentError(None, f"{error}{hint}") from None
 
     def _parse_ckpt_path(self) -> None:
         """A checkpoint (`--ckpt_path`, else `--model.init_from`) brings its architecture, and with it the data's
@@ -160,6 +174,22 @@ class CaptioningCLI(LightningCLI):
                 f"metrics.json holds the scores of the other {counts['images_scored']}: pass "
                 "--allow_missing_images=true to accept them"
             )
+
+
+def option_names(parser) -> list[str]:
+    """Every dotted option a (sub)command's parser knows, e.g. "model.dim", "trainer.max_epochs"."""
+    return [name.removeprefix("--") for action in parser._actions for name in action.option_strings if name[:2] == "--"]
+
+
+def did_you_mean(message: str, names: list[str]) -> str:
+    """ " (did you mean --trainer.max_epochs?)" for the closest known option to each unknown one in the parser's
+    message ("unrecognized arguments: --trainer.max_epoch 3", "Group 'model' does not accept option 'dimm'")."""
+    unknown = re.findall(r"--([\w.]+)", message.partition("unrecognized arguments:")[2])
+    unknown += [
+        f"{group}.{option}" for group, option in re.findall(r"Group '([\w.]+)' does not accept option '(\w+)'", message)
+    ]
+    guesses = [match[0] for name in unknown if (match := difflib.get_close_matches(name, names, n=1, cutoff=0.75))]
+    return f" (did you mean {', '.join(f'--{guess}' for guess in guesses)}?)" if guesses else ""
 
 
 def check_accelerator(accelerator) -> None:
