@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -87,6 +88,40 @@ def load_results(path: Path, references: dict[object, list[str]]) -> dict[object
     return predictions
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def unrelated_captions(predictions: dict, references: dict[object, list[str]], min_images: int = 5) -> str | None:
+    """A warning when the captions share no more words with the references of the images they name than with other
+    images' references: the annotations of another split (whose image ids overlap), or a model that writes the same
+    caption whatever the image. None when they match better, or for fewer than `min_images` images.
+
+    The measure is the share of a caption's distinct words found in the references it is scored against, averaged
+    over the images; "other images" are each image's neighbours in the results' order, a few shifts averaged.
+    """
+    ids = list(predictions)
+    if len(ids) < min_images:
+        return None
+    candidates = [_words(predictions[i]) for i in ids]
+    vocabularies = [set().union(*map(_words, references[i])) for i in ids]
+
+    def overlap(shift: int) -> float:
+        pairs = zip(candidates, vocabularies[shift:] + vocabularies[:shift], strict=True)
+        return sum(len(c & v) / len(c) for c, v in pairs if c) / len(ids)
+
+    own = overlap(0)
+    shifts = range(1, min(len(ids), 6))
+    others = sum(overlap(shift) for shift in shifts) / len(shifts)
+    if own > others + 0.02:
+        return None
+    return (
+        f"the captions share {own:.0%} of their words with the references of the images they name, and "
+        f"{others:.0%} with other images' references: are the annotations of the results' split (image ids can "
+        "overlap between splits), and does the model look at its images?"
+    )
+
+
 def format_table(scores: dict[str, float], num_images: int) -> str:
     """A two-column table of the overall scores."""
     lines = [f"{'metric':<8}  {'score':>8}"]
@@ -133,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     subset = {image_id: references[image_id] for image_id in predictions}
+    mismatch = unrelated_captions(predictions, subset)
+    if mismatch:
+        print(f"warning: {mismatch}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scores = CaptionScorer(subset, families).score(predictions, per_image=args.per_image is not None)

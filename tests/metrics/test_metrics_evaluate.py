@@ -126,3 +126,15 @@ def test_help(capsys) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--annotations" in capsys.readouterr().out
+
+
+def test_results_scored_against_another_splits_references_are_warned_about(fakecap, tmp_path, capsys) -> None:
+    gt, results = fakecap
+    ids = [r["image_id"] for r in results]
+    # the same captions under other images' ids: what results of one split scored against another split look like
+    shifted = [{"image_id": ids[(k + 7) % len(ids)], "caption": r["caption"]} for k, r in enumerate(results)]
+    assert main(["--annotations", str(GT), "--results", str(write(tmp_path / "r.json", shifted)), *FAST]) == 0
+    (warning,) = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: the captions share ") and "are the annotations of the results' split" in warning
+    assert main(["--annotations", str(GT), "--results", str(RESULTS), *FAST]) == 0  # the right split: no warning
+    assert capsys.readouterr().err == ""
