@@ -24,8 +24,17 @@ FORMAT_VERSION = 1
 UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError)
 
 
-def checkpoint_metadata(config: ModelConfig, tokenizer: CaptionTokenizer) -> dict:
-    return {"format": FORMAT_VERSION, "model_config": config.to_dict(), "tokenizer": tokenizer.to_json()}
+def checkpoint_metadata(config: ModelConfig, tokenizer: CaptionTokenizer, training_data: dict | None = None) -> dict:
+    """The "captioning" entry: format, model config, tokenizer, and what the model was trained on when known."""
+    entry = {"format": FORMAT_VERSION, "model_config": config.to_dict(), "tokenizer": tokenizer.to_json()}
+    return {**entry, "training_data": training_data} if training_data else entry
+
+
+def training_data(path: str | Path) -> dict | None:
+    """What a checkpoint's model was trained on ({"dataset", "images"}); None for checkpoints that do not say."""
+    entry = read_checkpoint(path, mmap=True).get("captioning", {})
+    data = entry.get("training_data") if isinstance(entry, dict) else None
+    return data if isinstance(data, dict) else None
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LinearSegmentedColormap, PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullLocator
 from PIL import Image
 from torch import Tensor
 
@@ -212,6 +213,9 @@ def attention_figure(
         scale = ScalarMappable(PowerNorm(0.5, 1.0, vmax), brightness_scale(dim))  # overlay's square-root levels
         bar = figure.colorbar(scale, ax=axes.tolist(), location="bottom", shrink=0.4, aspect=40, pad=0.01)
         bar.set_label("brightness kept: attention per pixel, as a multiple of an even spread", fontsize=9)
+        bar.ax.xaxis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))  # a narrow bar: few ticks, never touching
+        bar.ax.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+        bar.ax.xaxis.set_minor_locator(NullLocator())
     which = f"{'all layers' if layer is None else f'layer {layer}'}, {'all heads' if head is None else f'head {head}'}"
     figure.suptitle(f"{caption.text or '(empty caption)'}\ncross-attention of each word ({which})", fontsize=11)
     return figure

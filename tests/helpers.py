@@ -62,7 +62,8 @@ def train_tiny_checkpoint(folder: Path, steps: int = 600) -> Path:
     finally:
         torch.set_num_threads(threads)
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
-    torch.save({"captioning": checkpoint_metadata(config, tokenizer), "state_dict": state}, path)
+    trained_on = {"dataset": "shapes", "images": len(records)}
+    torch.save({"captioning": checkpoint_metadata(config, tokenizer, trained_on), "state_dict": state}, path)
     return path
 
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import COCO_MINI, ROOT, TINY_MODEL, require, run_cli, tiny_args
+from tests.conftest import COCO_MINI, ROOT, TINY_MODEL, TINY_SPLITS, require, run_cli, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,7 @@ def test_fit_writes_checkpoints_predictions_and_metrics(trained_run):
 def test_checkpoint_is_self_contained_and_loads_without_running_code(checkpoint):
     entry = torch.load(checkpoint, map_location="cpu", weights_only=True)["captioning"]
     assert entry["model_config"]["dim"] == TINY_MODEL["dim"] and "[BOS]" in entry["tokenizer"]
+    assert entry["training_data"] == {"dataset": "shapes", "images": TINY_SPLITS["train"]}  # the demo page says it
 
 
 def test_killed_run_resumes_from_its_last_checkpoint_and_skips_unreadable_images(tmp_path, shapes_root, checkpoint):

@@ -214,6 +214,8 @@ def test_the_demo_page_and_its_files_are_served_without_internet_assets(server):
     for path in STATIC.iterdir():
         assert "http://" not in path.read_text() and "https://" not in path.read_text(), path
     assert request(*server, "GET", "/health") == (200, "ok")
+    status, info = request(*server, "GET", "/info")
+    assert status == 200 and json.loads(info)["model"]["trained_on"] == {"dataset": "shapes", "images": 512}
 
 
 def test_serve_help_and_a_missing_checkpoint(tmp_path, capsys):

@@ -56,7 +56,7 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     browser, server, tiny_checkpoint, tmp_path
 ):
     image = sorted((tiny_checkpoint.parent / "shapes" / "test").glob("*.png"))[0]
-    status, expected = post_image(server, image.read_bytes(), image.name)
+    status, expected = post_image(server, image.read_bytes(), image.name, attention="true", beam_size="3")
     assert status == 200
     page = browser.new_page(viewport={"width": 900, "height": 900})
     errors = []
@@ -68,6 +68,7 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     words = page.locator("#caption .word")
     assert words.all_inner_texts() == expected["words"]
     assert page.inner_text("#score") == f"{expected['score']:.3f}"
+    assert page.inner_text("#trained-on").startswith("Trained on shapes (512 images): it describes images like those")
 
     plain = canvas_pixels(page)
     words.nth(0).hover()
@@ -76,6 +77,9 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     last = canvas_pixels(page)
     assert page.get_attribute("#view", "data-word") == str(words.count() - 1)
     assert first != plain and last != first  # each word dims the image by its own map
+    rows, columns = expected["attention"]["grid"]
+    peak = max(1.0, max(w for word in expected["attention"]["maps"] for row in word for w in row) * rows * columns)
+    assert page.inner_text("#scale-max") == f"{peak:.1f}x"  # the PNGs' scale: multiples of an even spread
     assert "active" in (words.nth(words.count() - 1).get_attribute("class") or "")
 
     page.mouse.move(0, 0)  # off the words: the plain image again

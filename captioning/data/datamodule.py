@@ -264,6 +264,16 @@ class CaptionDataModule(LightningDataModule):
             captions = (c for record in self.datasets["train"].records for c in record.captions)
             self.tokenizer = CaptionTokenizer.train(captions, self.hparams.min_word_frequency)
 
+    def training_data(self) -> dict:
+        """What the model is trained on, kept in its checkpoints: {"dataset": "shapes" (or "shapes hard", "coco",
+        "karpathy"), "images": training images, before flips}; the demo page shows it."""
+        name = self.hparams.dataset + (
+            " hard" if self.hparams.dataset == "shapes" and self.hparams.shapes_level == "hard" else ""
+        )
+        train = self.datasets.get("train")
+        records = getattr(train, "records", None)
+        return {"dataset": name, "images": len(records) if records is not None else len(train) if train else None}
+
     def _dataset(self, split: str, transform) -> Dataset:
         if self.hparams.format == "folder":
             return CaptionDataset(self.load_records(split), transform)

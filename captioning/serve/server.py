@@ -92,7 +92,7 @@ def build_server(options: argparse.Namespace):
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
-    from captioning.checkpoint import load_checkpoint
+    from captioning.checkpoint import load_checkpoint, training_data
     from captioning.serve.api import CaptionAPI
     from captioning.serve.upload import UploadReader
 
@@ -106,6 +106,7 @@ def build_server(options: argparse.Namespace):
         threads=options.threads,
     )
     metadata = {"checkpoint": Path(options.checkpoint).name, "encoder": config.encoder, "image_size": config.image_size}
+    metadata["trained_on"] = training_data(options.checkpoint)  # the page says it: photos to a shapes model ...
     server = ls.LitServer(api, accelerator=options.device, devices=1, model_metadata=metadata)
     app = server.app
 

@@ -3,12 +3,15 @@
 // colours where it does); the grid is upsampled by the canvas's bilinear smoothing, like captioning.viz.
 "use strict";
 
-const DIM = 0.8; // darkness where a word's weight is 0; its highest weight shows the image untouched
+// The scale of captioning.viz's PNGs: a weight counts as a multiple of an even spread over the grid (weight x cells);
+// at or below 1x the image keeps DIM_KEPT of its brightness, at the caption's highest multiple all of it, with
+// square-root levels between (so that a mild focus shows).
+const DIM_KEPT = 0.25; // captioning.viz.DIM
 const PLAY_MS = 800; // time per word when the caption is played
 const SIDE = 480; // the canvas's longest side in pixels (small images are enlarged to it)
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, result: null, pinned: null, timer: null };
+const state = { image: null, result: null, peak: 1, pinned: null, timer: null };
 
 function showError(message) {
   $("error").textContent = message;
@@ -83,6 +86,10 @@ function showResult() {
     });
     caption.append(span, " ");
   });
+  const attention = result.attention;
+  const cells = attention ? attention.grid[0] * attention.grid[1] : 1;
+  // one scale for all the caption's words, as the PNGs' colour bar: their maps compare
+  state.peak = attention ? Math.max(1, Math.max(...attention.maps.flat(2)) * cells) : 1;
   $("score").textContent = result.score.toFixed(3);
   $("status").textContent = "";
   $("result").hidden = false;
@@ -106,21 +113,24 @@ function draw(index) {
   }
   const map = attention.maps[index]; // (H, W) weights on the encoder's grid
   const [rows, cols] = attention.grid;
-  const peak = Math.max(...map.flat()) || 1;
+  const peak = state.peak;
   const cells = document.createElement("canvas");
   cells.width = cols;
   cells.height = rows;
   const pixels = new ImageData(cols, rows);
   for (let i = 0; i < rows; i++) {
     for (let j = 0; j < cols; j++) {
-      pixels.data[4 * (i * cols + j) + 3] = Math.round(255 * DIM * (1 - map[i][j] / peak)); // black, see-through
+      const spread = map[i][j] * rows * cols; // multiples of an even spread
+      const level = peak > 1 ? Math.min(1, Math.max(0, (spread - 1) / (peak - 1))) : 0;
+      const kept = DIM_KEPT + (1 - DIM_KEPT) * Math.sqrt(level);
+      pixels.data[4 * (i * cols + j) + 3] = Math.round(255 * (1 - kept)); // black, see-through
     }
   }
   cells.getContext("2d").putImageData(pixels, 0, 0);
   context.imageSmoothingEnabled = true;
   context.imageSmoothingQuality = "high";
   context.drawImage(cells, 0, 0, canvas.width, canvas.height);
-  $("scale-max").textContent = peak.toFixed(3);
+  $("scale-max").textContent = `${peak.toFixed(1)}x`;
 }
 
 function stopPlaying() {
@@ -163,6 +173,11 @@ function setUp() {
   fetch("/info").then((r) => r.json()).then((info) => {
     const model = info.model || {};
     $("model").textContent = `${model.checkpoint || ""} · ${model.encoder || ""} · ${model.image_size || ""} px`;
+    const data = model.trained_on;
+    $("trained-on").textContent = data
+      ? `Trained on ${data.dataset}${data.images ? ` (${data.images.toLocaleString("en")} images)` : ""}: ` +
+        "it describes images like those, and writes captions like theirs for anything else."
+      : "This checkpoint does not say what it was trained on.";
   }).catch(() => {});
 }
 
