@@ -129,7 +129,8 @@ class CaptioningCLI(LightningCLI):
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar", True) is not False and not bars:
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), LineProgress()]
         trainer = super().instantiate_trainer(**kwargs)
-        self._new_run_folder = trainer.log_dir is not None and not Path(trainer.log_dir).exists()
+        folder = run_folder(trainer)
+        self._new_run_folder = folder is not None and not Path(folder).exists()
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], CSVLogger):
             if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
@@ -144,19 +145,19 @@ class CaptioningCLI(LightningCLI):
             if subcommand == "fit":
                 self._remove_unsaved_run()
             raise
-        if subcommand == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
-            print(f"run folder: {self.trainer.log_dir}")
+        if subcommand == "fit" and self.trainer.is_global_zero and run_folder(self.trainer):
+            print(f"run folder: {run_folder(self.trainer)}")
 
     def _remove_unsaved_run(self) -> None:
         """A fit that failed before its first checkpoint leaves no folder behind: the next run takes its number."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not self._new_run_folder or not trainer.is_global_zero or not trainer.log_dir:
+        if trainer is None or not self._new_run_folder or not trainer.is_global_zero or not run_folder(trainer):
             return
         saved = any(c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks)
         if not saved:
-            shutil.rmtree(trainer.log_dir, ignore_errors=True)
+            shutil.rmtree(run_folder(trainer), ignore_errors=True)
             with contextlib.suppress(OSError):  # runs/NAME too, when this run was its only one
-                Path(trainer.log_dir).parent.rmdir()
+                Path(run_folder(trainer)).parent.rmdir()
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
@@ -174,6 +175,11 @@ class CaptioningCLI(LightningCLI):
                 f"metrics.json holds the scores of the other {counts['images_scored']}: pass "
                 "--allow_missing_images=true to accept them"
             )
+
+
+def run_folder(trainer) -> str | None:
+    """The run's folder, from its logger on this process (`trainer.log_dir` is a collective call under DDP)."""
+    return getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
 
 
 def option_names(parser) -> list[str]:

@@ -22,7 +22,7 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata, load_checkpoint
+from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries
 from captioning.data.transforms import data_config
 from captioning.errors import CheckpointError, TrainingDiverged, UserError
 from captioning.files import write_json
@@ -133,6 +133,7 @@ class CaptioningModule(LightningModule):
         self.skipped_batches = 0  # batches without a readable image, trained on a zero-weight placeholder
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
+        self._training_data: dict | None = None  # kept in checkpoints (see `CaptionDataModule.training_data`)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
@@ -165,9 +166,10 @@ class CaptioningModule(LightningModule):
         return self.ema.model if self.ema is not None else self.model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        entry = checkpoint.get("captioning")
-        if not entry:
-            raise CheckpointError("not a captioning checkpoint (no 'captioning' entry with model config and tokenizer)")
+        problem = missing_entries(checkpoint)  # our checkpoint IO checks first, naming the file
+        if problem:
+            raise CheckpointError(problem)
+        entry = checkpoint["captioning"]
         config = ModelConfig.from_dict({**entry["model_config"], "pretrained": False})  # its weights follow
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
@@ -227,7 +229,7 @@ class CaptioningModule(LightningModule):
                 f"step {self.global_step}: the weights hold non-finite values ({broken}); no checkpoint is saved, "
                 "so the last one on disk stays the last good one"
             )
-        checkpoint["captioning"] = checkpoint_metadata(self.model.config, self.tokenizer)
+        checkpoint["captioning"] = checkpoint_metadata(self.model.config, self.tokenizer, self._training_data)
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -344,6 +346,8 @@ class CaptioningModule(LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self._training_data = datamodule.training_data() if hasattr(datamodule, "training_data") else None
         if self.hparams.scst:  # the training references, tokenized and counted once
             references = self.trainer.datamodule.references("train")
             self._reward = scst.CiderReward(references, self.tokenizer.tokenizer.id_to_token, self.tokenizer.eos_id)
