@@ -39,6 +39,10 @@ class ImageEncoder(nn.Module):
         self.freeze = freeze
         if freeze:
             self.trunk.requires_grad_(False)
+            # Now, not only in train(): Lightning sets each submodule's mode itself (it captures and restores the
+            # flags around validation), so a trunk built in train mode would stay there, and its BatchNorm layers
+            # would normalise with batch statistics and overwrite the trunk's running statistics.
+            self.trunk.eval()
         self.output_fmt = getattr(self.trunk, "output_fmt", "NCHW")  # e.g. Swin returns NHWC maps
         size = image_size or self.trunk.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
         self._probe_output(size)

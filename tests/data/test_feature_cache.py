@@ -19,9 +19,10 @@ from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args, tiny_dat
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cached_data(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
+def cached_data(shapes_root, cache=None, image_size=64, encoder=TINY_MODEL["encoder"]) -> CaptionDataModule:
     # no flips: the cache holds the tokens of the images as they are, and the losses must see the same images
-    return tiny_data(shapes_root, image_size=image_size, feature_cache=str(cache) if cache else None, flip=False)
+    cache = str(cache) if cache else None
+    return tiny_data(shapes_root, image_size=image_size, feature_cache=cache, flip=False, encoder=encoder)
 
 
 def datamodule(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
@@ -32,9 +33,9 @@ def datamodule(shapes_root, cache=None, image_size=64) -> CaptionDataModule:
     return data
 
 
-def frozen_encoder(image_size=64, seed=0, output_stride=None) -> ImageEncoder:
+def frozen_encoder(image_size=64, seed=0, output_stride=None, encoder=TINY_MODEL["encoder"]) -> ImageEncoder:
     torch.manual_seed(seed)
-    return ImageEncoder(TINY_MODEL["encoder"], freeze=True, image_size=image_size, output_stride=output_stride)
+    return ImageEncoder(encoder, freeze=True, image_size=image_size, output_stride=output_stride)
 
 
 class FirstLoss(L.Callback):
@@ -45,11 +46,11 @@ class FirstLoss(L.Callback):
             self.loss, self.inputs = outputs["loss"].item(), "features" if "features" in batch else "images"
 
 
-def first_loss(shapes_root, cache=None) -> tuple[FirstLoss, L.Trainer]:
+def first_loss(shapes_root, cache=None, encoder=TINY_MODEL["encoder"]) -> tuple[FirstLoss, L.Trainer]:
     """One training step of a fresh, seeded run, from the images or from the cache in `cache`."""
     L.seed_everything(0, verbose=False)
-    data = cached_data(shapes_root, cache)
-    module = CaptioningModule(**TINY_MODEL, freeze_encoder=True, warmup_steps=1)
+    data = cached_data(shapes_root, cache, encoder=encoder)
+    module = CaptioningModule(**{**TINY_MODEL, "encoder": encoder}, freeze_encoder=True, warmup_steps=1)
     first = FirstLoss()
     trainer = L.Trainer(
         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -78,9 +79,10 @@ def test_a_resumed_run_trains_on_the_tokens_of_its_checkpoints_encoder(shapes_ro
     assert "features" in data.datasets["train"][0]
 
 
-def test_step_zero_loss_from_the_cache_equals_the_loss_from_the_images(shapes_root, tmp_path):
-    from_images, _ = first_loss(shapes_root)
-    from_cache, _ = first_loss(shapes_root, tmp_path / "cache")
+@pytest.mark.parametrize("encoder", ["test_convnext", "test_resnet"])  # LayerNorm and BatchNorm trunks
+def test_step_zero_loss_from_the_cache_equals_the_loss_from_the_images(shapes_root, tmp_path, encoder):
+    from_images, _ = first_loss(shapes_root, encoder=encoder)
+    from_cache, _ = first_loss(shapes_root, tmp_path / "cache", encoder=encoder)
     assert (from_images.inputs, from_cache.inputs) == ("images", "features")
     # Same seed, same batch, same weights; the tokens differ only by float16 rounding (relative 2**-11 at most).
     assert from_cache.loss == pytest.approx(from_images.loss, rel=1e-4)
@@ -173,3 +175,12 @@ def test_fit_from_the_cache_through_the_cli_writes_a_checkpoint_that_captions_im
     lines = result.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == list(map(str, images))
     assert all(line.split("\t")[1].strip() for line in lines)
+
+
+def test_a_frozen_batchnorm_trunk_keeps_its_statistics_through_training(shapes_root):
+    _, trainer = first_loss(shapes_root, encoder="test_resnet")  # Lightning sets each submodule's mode itself
+    trunk = trainer.lightning_module.model.encoder.trunk
+    assert not trunk.training
+    statistics = {k: v for k, v in trunk.state_dict().items() if "running" in k or "num_batches" in k}
+    fresh = frozen_encoder(encoder="test_resnet").trunk.state_dict()
+    assert statistics and all(torch.equal(value, fresh[key]) for key, value in statistics.items())
