@@ -137,7 +137,7 @@ def missing_entries(checkpoint: dict) -> str | None:
     keys = sorted(map(str, checkpoint))
     held = f"{len(keys)} keys such as {', '.join(repr(k) for k in keys[:3])}" if keys else "no keys"
     if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        held = f"a bare state dict of {len(keys)} tensors such as {keys[0]!r}"
+        held = f"a bare state dict of {len(keys)} tensor{'s' * (len(keys) != 1)} such as {keys[0]!r}"
     return (
         f"not a captioning checkpoint: it lacks {', '.join(repr(k) for k in missing)} (it holds {held}); "
         "captioning fit writes checkpoints with the model config, the tokenizer and the weights"
