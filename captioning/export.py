@@ -218,12 +218,12 @@ class DecoderStepGraph(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         decoder = self.decoder
         x = decoder.token_embed(tokens) + decoder.pos_embed(position)  # (B, 1, D), as TextDecoder.embed
-        caches = []
+        caches, focus = [], None
         for i, block in enumerate(decoder.blocks):
             cache = (KVCache(past_keys[i], past_values[i]), KVCache(cross_keys[i], cross_values[i]))
             # The block's own forward, so the step computes what torch's cached decoding does; the memory is
             # already projected into the cross-attention cache, and any tensor passed as memory marks that branch.
-            x = block(x, cross_keys[i], cache)
+            x, focus = block(x, cross_keys[i], cache, decoder.memory_grid, focus)
             caches.append(cache[0])
         logits = decoder.head(decoder.norm(x))[:, -1]  # (B, V)
         return logits, torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches])

@@ -81,6 +81,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        locate: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attends from the text `x` to itself (`context=None`) or to the image memory (`context`).
 
@@ -90,6 +91,9 @@ class Attention(nn.Module):
             is_causal: each position sees only itself and earlier positions (self-attention).
             cache: keys/values from earlier steps (self-attention) or of the projected memory (cross-attention).
             need_weights: also return the attention weights (B*G, nh, T, S), computed explicitly.
+            locate: (S, P) values of the attended positions (e.g. their grid coordinates): also return their
+                attention-weighted sum per head, (B*G, nh, T, P), where each head looked (not with need_weights,
+                whose weights give it).
 
         Returns:
             The attended states (B*G, T, D), and the weights when asked for.
@@ -127,10 +131,17 @@ class Attention(nn.Module):
         else:
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)  # (B, nh, G*T, hs)
+        if locate is not None and not need_weights:  # the same weights (without dropout) on the positions' values
+            places = locate.to(q.dtype).expand(B, self.num_heads, -1, -1)  # (B, nh, S, P)
+            found = F.scaled_dot_product_attention(q, k, places)  # (B, nh, G*T, P)
+            P = locate.size(-1)  # named, not -1: exported graphs keep it a constant
+            found = found.view(B, self.num_heads, G, T, P).transpose(1, 2).reshape(BG, self.num_heads, T, P)
 
         # Unstack: (B, nh, G*T, hs) -> (B*G, T, D).
         y = y.view(B, self.num_heads, G, T, self.head_dim).permute(0, 2, 3, 1, 4).reshape(BG, T, D)
         y = self.proj(y)
+        if locate is not None and not need_weights:
+            return y, found  # found: (B*G, nh, T, P)
         if need_weights:
             weights = weights.view(B, self.num_heads, G, T, -1).transpose(1, 2).reshape(BG, self.num_heads, T, -1)
             return y, weights  # weights: (B*G, nh, T, S)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from captioning.model.decoder import TextDecoder
 from captioning.model.encoder import ImageEncoder
+from captioning.model.focus import grid_coordinates
 from captioning.model.memory_encoder import MemoryBlock
 from captioning.model.positions import MemoryPositions
 
@@ -35,13 +36,15 @@ class ModelConfig:
     dropout: float = 0.1
     memory_positions: str = "sincos"
     memory_layers: int = 0
+    focus_offsets: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        values = {"memory_positions": "learned", **values}  # checkpoints from before the option held a learned table
+        # checkpoints from before these options: a learned position table, blocks that do not pass on their focus
+        values = {"memory_positions": "learned", "focus_offsets": False, **values}
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -76,6 +79,7 @@ class CaptioningModel(nn.Module):
             mlp_ratio=config.mlp_ratio,
             max_length=config.max_length,
             dropout=config.dropout,
+            memory_grid=grid_coordinates(grid, prefix) if config.focus_offsets else None,
         )
 
     def compile_parts(self, **options) -> None:

@@ -1,7 +1,8 @@
 """The Transformer text decoder: pre-norm blocks of causal self-attention, cross-attention to the image, and an MLP.
 
 A GPT-style decoder (Radford et al., 2019) with the cross-attention of the original Transformer decoder
-(Vaswani et al., 2017); learned positions and an LM head tied to the token embedding (Press & Wolf, 2017).
+(Vaswani et al., 2017); learned positions and an LM head tied to the token embedding (Press & Wolf, 2017). Its blocks
+can also pass on where they looked in the image (`focus`), so that a word can compare two places.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from captioning.model.attention import Attention, KVCache
+from captioning.model.focus import FocusOffsets
 
 
 class MLP(nn.Module):
@@ -28,33 +30,62 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Causal self-attention over the caption, cross-attention to the image memory, then an MLP; all pre-norm."""
+    """Causal self-attention over the caption, cross-attention to the image memory, then an MLP; all pre-norm.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    With `focus`, the block also adds where its heads looked relative to the previous block's focus (see `focus`).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, focus: bool = False
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, num_heads, dropout=dropout)
+        self.focus = FocusOffsets(dim, num_heads) if focus else None
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, caches: tuple[KVCache, KVCache] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        caches: tuple[KVCache, KVCache] | None = None,
+        grid: Tensor | None = None,
+        previous: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The block's output (B*G, T, D) and its focus (B*G, T, 2), None without `focus`.
+
+        `grid` is the memory's `grid_coordinates` (M, 3) and `previous` the focus of the block before (None first).
+        """
         self_cache, cross_cache = caches if caches is not None else (None, None)
         x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=self_cache))  # text -> earlier text
-        x = x + self.drop(self.cross_attn(self.norm2(x), context=memory, cache=cross_cache))  # text -> image memory
+        focus = None
+        if self.focus is None:
+            x = x + self.drop(self.cross_attn(self.norm2(x), context=memory, cache=cross_cache))  # text -> image
+        else:
+            h, found = self.cross_attn(self.norm2(x), context=memory, cache=cross_cache, locate=grid)
+            offsets, focus = self.focus(found, previous)
+            x = x + self.drop(h) + offsets
         x = x + self.mlp(self.norm3(x))
-        return x
+        return x, focus
 
-    def forward_with_attention(self, x: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_with_attention(
+        self, x: Tensor, memory: Tensor, grid: Tensor | None = None, previous: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """As forward, also returning the self-attention (B, nh, T, T) and cross-attention (B, nh, T, M) weights."""
         h, self_weights = self.self_attn(self.norm1(x), is_causal=True, need_weights=True)
         x = x + h
         h, cross_weights = self.cross_attn(self.norm2(x), context=memory, need_weights=True)
         x = x + h
+        focus = None
+        if self.focus is not None:
+            offsets, focus = self.focus(cross_weights @ grid.to(cross_weights.dtype), previous)
+            x = x + offsets
         x = x + self.mlp(self.norm3(x))
-        return x, self_weights, cross_weights
+        return x, self_weights, cross_weights, focus
 
 
 class TextDecoder(nn.Module):
@@ -69,13 +100,17 @@ class TextDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         max_length: int = 32,
         dropout: float = 0.1,
+        memory_grid: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(max_length, dim)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        focus = memory_grid is not None
+        self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, mlp_ratio, dropout, focus) for _ in range(depth))
+        # the memory tokens' `grid_coordinates` (M, 3), for blocks that report where they looked; None: they do not
+        self.register_buffer("memory_grid", memory_grid, persistent=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.token_embed.weight  # tied: one matrix reads and writes words
@@ -121,12 +156,13 @@ class TextDecoder(nn.Module):
             Logits (B*G, T, V), or (N, V) at the N masked positions in row-major order.
         """
         x = self.embed(tokens, start)
+        focus = None  # where the block before looked (see `focus`)
         if caches is None:
             for block in self._compiled_blocks or self.blocks:
-                x = block(x, memory)
+                x, focus = block(x, memory, None, self.memory_grid, focus)
         else:
             for block, cache in zip(self.blocks, caches, strict=True):
-                x = block(x, memory, cache)
+                x, focus = block(x, memory, cache, self.memory_grid, focus)
         if mask is not None:
             x = x[mask]  # (B*G, T, D) -> (N, D)
         return self.head(self.norm(x))
@@ -134,9 +170,9 @@ class TextDecoder(nn.Module):
     def forward_with_attention(self, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Logits (B*G, T, V) with the self-attention (L, B*G, nh, T, T) and cross-attention (L, B*G, nh, T, M)."""
         x = self.embed(tokens)
-        self_maps, cross_maps = [], []
+        self_maps, cross_maps, focus = [], [], None
         for block in self.blocks:
-            x, self_weights, cross_weights = block.forward_with_attention(x, memory)
+            x, self_weights, cross_weights, focus = block.forward_with_attention(x, memory, self.memory_grid, focus)
             self_maps.append(self_weights)
             cross_maps.append(cross_weights)
         return self.head(self.norm(x)), torch.stack(self_maps), torch.stack(cross_maps)

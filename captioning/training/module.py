@@ -59,6 +59,8 @@ class CaptioningModule(LightningModule):
             vector per token, the layout of checkpoints before this option).
         memory_layers: Transformer encoder blocks of self-attention over the memory tokens before the decoder reads
             them, so that each token learns where the others are ("above", "left of").
+        focus_offsets: each decoder block adds where its cross-attention heads looked, as offsets from where the
+            block before looked, so that a word can compare two places ("above", "left of"); see `model.focus`.
         label_smoothing: cross-entropy label smoothing.
         init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
             SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead.
@@ -97,6 +99,7 @@ class CaptioningModule(LightningModule):
         dropout: float = 0.1,
         memory_positions: Literal["sincos", "rowcol", "learned"] = "sincos",
         memory_layers: int = 0,
+        focus_offsets: bool = True,
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -155,7 +158,7 @@ class CaptioningModule(LightningModule):
         if datamodule is not None and datamodule.tokenizer is not None:
             architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
             architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
-            architecture += ("memory_layers",)
+            architecture += ("memory_layers", "focus_offsets")
             config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
             self._start_average()
