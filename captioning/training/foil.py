@@ -71,4 +71,3 @@ class FoilProbe:
 
 def _pad(tokens: Tensor, width: int, pad_id: int) -> Tensor:
     return torch.nn.functional.pad(tokens, (0, width - tokens.size(1)), value=pad_id)
-
