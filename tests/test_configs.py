@@ -31,5 +31,5 @@ def test_print_config_shows_the_resolved_config_with_linked_values():
     result = run_cli("fit", "--config", str(ROOT / "configs" / "shapes.yaml"), "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)
-    assert printed["model"]["encoder"] == "test_resnet" and printed["trainer"]["max_epochs"] == 6
+    assert printed["model"]["encoder"] == "test_resnet" and printed["trainer"]["max_epochs"] == 16
     assert printed["checkpoint"]["monitor"] == "val/CIDEr" and printed["last_checkpoint"]["filename"] == "last"
