@@ -188,7 +188,7 @@ def option_names(parser) -> list[str]:
 
 
 def did_you_mean(message: str, names: list[str]) -> str:
-    """ " (did you mean --trainer.max_epochs?)" for the closest known option to each unknown one in the parser's
+    """The hint ' (did you mean --trainer.max_epochs?)': the closest known option to each unknown one in the parser's
     message ("unrecognized arguments: --trainer.max_epoch 3", "Group 'model' does not accept option 'dimm'")."""
     unknown = re.findall(r"--([\w.]+)", message.partition("unrecognized arguments:")[2])
     unknown += [
