@@ -133,7 +133,7 @@ def test_bad_checkpoints_and_options_get_one_line_errors(checkpoint, shapes_imag
     assert "error: checkpoint not found" in capsys.readouterr().err
     (tmp_path / "bad.ckpt").write_text("garbage")
     assert main(["--checkpoint", str(tmp_path / "bad.ckpt"), image]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert "not a checkpoint (it looks like a .ckpt text file)" in capsys.readouterr().err
     assert main(["--checkpoint", str(checkpoint), "--device", "gpu0", image]) == 2
     assert "unknown device 'gpu0'" in capsys.readouterr().err
     for bad, message in [
