@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from captioning.errors import CheckpointError
+from captioning.errors import CheckpointError, first_line
 from captioning.model.captioner import ModelConfig
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -51,9 +51,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    kind = file_kind(path)
-    if kind:
-        raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
+    refuse_other_files(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as error:
@@ -71,8 +69,15 @@ SIGNATURES = {
 }  # fmt: skip
 
 
+def refuse_other_files(path: Path) -> None:
+    """Raises CheckpointError naming what the file looks like, for a file that cannot be a torch checkpoint."""
+    kind = file_kind(path)
+    if kind:
+        raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
+
+
 def file_kind(path: Path) -> str | None:
-    """What a file that cannot be a torch checkpoint looks like ("a JPEG image", "a text file (.yaml)"); None for a
+    """What a file that cannot be a torch checkpoint looks like ("a JPEG image", "a .yaml text file"); None for a
     zip archive, a pickle, or anything unrecognised, which torch.load then judges."""
     with open(path, "rb") as file:
         head = file.read(512)
@@ -101,7 +106,9 @@ def file_kind(path: Path) -> str | None:
     except UnicodeDecodeError as error:
         if error.start < len(head) - 4:  # not just a character cut at the end of the 512 bytes
             return None
-    return f"a {path.suffix} text file".replace("a  ", "a ") if b"\x00" not in head else None
+    if b"\x00" in head:
+        return None
+    return f"a {path.suffix} text file" if path.suffix else "a text file"
 
 
 def unreadable(path: str | Path, error: Exception) -> CheckpointError:
@@ -128,10 +135,12 @@ def missing_entries(checkpoint: dict) -> str | None:
     """What keeps a readable checkpoint from being a captioning one, in one line naming the missing keys; None when
     it has them."""
     meta = checkpoint.get("captioning")
-    missing = [key for key in ("model_config", "tokenizer") if not isinstance(meta, dict) or key not in meta]
-    missing = (["captioning"] if not isinstance(meta, dict) else [f"captioning.{key}" for key in missing]) + [
-        key for key in ("state_dict",) if not isinstance(checkpoint.get(key), dict)
-    ]
+    if isinstance(meta, dict):
+        missing = [f"captioning.{key}" for key in ("model_config", "tokenizer") if key not in meta]
+    else:
+        missing = ["captioning"]
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        missing.append("state_dict")
     if not missing:
         return None
     keys = sorted(map(str, checkpoint))
@@ -163,8 +172,7 @@ def load_checkpoint(
         config = ModelConfig.from_dict(meta["model_config"])
         tokenizer = CaptionTokenizer.from_json(meta["tokenizer"])
     except (TypeError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({reason})") from None
+        raise CheckpointError(f"{path}: its 'captioning' entry is damaged ({first_line(error)})") from None
     weights = checkpoint["state_dict"]
     # A run with model.ema_decay keeps the moving average beside the trained weights: the average is the model.
     prefix = "ema.model." if any(k.startswith("ema.model.") for k in weights) else "model."

@@ -21,3 +21,9 @@ class CheckpointError(UserError):
 class TrainingDiverged(UserError):
     """Training stopped: too many steps in a row had a non-finite loss or gradient, or the weights became
     non-finite. The usual fixes are settings (a lower learning rate, fp32 or bf16 instead of fp16)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__

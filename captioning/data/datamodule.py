@@ -267,12 +267,13 @@ class CaptionDataModule(LightningDataModule):
     def training_data(self) -> dict:
         """What the model is trained on, kept in its checkpoints: {"dataset": "shapes" (or "shapes hard", "coco",
         "karpathy"), "images": training images, before flips}; the demo page shows it."""
-        name = self.hparams.dataset + (
-            " hard" if self.hparams.dataset == "shapes" and self.hparams.shapes_level == "hard" else ""
-        )
+        name = self.hparams.dataset
+        if name == "shapes" and self.hparams.shapes_level == "hard":
+            name = "shapes hard"
         train = self.datasets.get("train")
-        records = getattr(train, "records", None)
-        return {"dataset": name, "images": len(records) if records is not None else len(train) if train else None}
+        if train is None:
+            return {"dataset": name, "images": None}
+        return {"dataset": name, "images": len(getattr(train, "records", train))}  # a streamed split has no records
 
     def _dataset(self, split: str, transform) -> Dataset:
         if self.hparams.format == "folder":

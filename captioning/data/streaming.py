@@ -23,6 +23,7 @@ from torchvision import transforms as T
 
 from captioning.data.coco import ImageRecord, read_json
 from captioning.data.transforms import load_image
+from captioning.errors import first_line
 
 CAPTIONS_FILE = "captions.json"  # the split's references, COCO captions format
 MANIFEST_FILE = "manifest.json"  # how the split was packed: image size, count, source
@@ -157,8 +158,7 @@ def read_packed_file(input_dir: str, name: str, what: str, storage_options: dict
         try:
             get_downloader(input_dir, folder, [], storage_options).download_file(url, local)
         except Exception as error:  # each object store raises its own kind, some over many lines
-            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise FileNotFoundError(f"{what} not found: {url} ({reason})") from None
+            raise FileNotFoundError(f"{what} not found: {url} ({first_line(error)})") from None
         if not os.path.exists(local):  # some downloaders pass over a missing object in silence
             raise FileNotFoundError(f"{what} not found: {url}")
         return read_json(local, what)

@@ -131,21 +131,22 @@ class Attention(nn.Module):
         else:
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)  # (B, nh, G*T, hs)
-        if locate is not None and not need_weights:  # the same weights (without dropout) on the positions' values
-            places = locate.to(q.dtype).expand(B, self.num_heads, -1, -1)  # (B, nh, S, P)
-            found = F.scaled_dot_product_attention(q, k, places)  # (B, nh, G*T, P)
-            P = locate.size(-1)  # named, not -1: exported graphs keep it a constant
-            found = found.view(B, self.num_heads, G, T, P).transpose(1, 2).reshape(BG, self.num_heads, T, P)
 
         # Unstack: (B, nh, G*T, hs) -> (B*G, T, D).
         y = y.view(B, self.num_heads, G, T, self.head_dim).permute(0, 2, 3, 1, 4).reshape(BG, T, D)
         y = self.proj(y)
-        if locate is not None and not need_weights:
-            return y, found  # found: (B*G, nh, T, P)
         if need_weights:
-            weights = weights.view(B, self.num_heads, G, T, -1).transpose(1, 2).reshape(BG, self.num_heads, T, -1)
-            return y, weights  # weights: (B*G, nh, T, S)
+            return y, _per_caption(weights, G, T)  # weights: (B*G, nh, T, S)
+        if locate is not None:  # the same weights (without dropout) applied to the positions' values
+            places = locate.to(q.dtype).expand(B, self.num_heads, -1, -1)  # (B, nh, S, P)
+            return y, _per_caption(F.scaled_dot_product_attention(q, k, places), G, T)  # (B*G, nh, T, P)
         return y
+
+
+def _per_caption(stacked: Tensor, G: int, T: int) -> Tensor:
+    """(B, nh, G*T, X), the G query sequences of each image stacked, -> (B*G, nh, T, X)."""
+    B, nh, _, X = stacked.shape  # X read from the shape, not -1: exported graphs keep it a constant
+    return stacked.view(B, nh, G, T, X).transpose(1, 2).reshape(B * G, nh, T, X)
 
 
 def _attention_with_weights(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from captioning.errors import UserError
+from captioning.errors import UserError, first_line
 from captioning.timm_names import check_model_name
 
 
@@ -182,7 +182,7 @@ def create_trunk(name: str, pretrained: bool, image_size: int | None, output_str
     except Exception as error:
         if not pretrained or isinstance(error, UserError):
             raise
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise RuntimeError(
             f"could not load the pretrained weights of timm model '{name}' ({reason}); they are downloaded from "
             "the Hugging Face Hub on first use: connect once, point HF_HOME at a cache that has them, "

@@ -14,7 +14,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from captioning.checkpoint import UNREADABLE, file_kind, missing_entries, unreadable
+from captioning.checkpoint import UNREADABLE, missing_entries, refuse_other_files, unreadable
 from captioning.errors import CheckpointError, UserError
 
 
@@ -62,9 +62,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Raises:
             CheckpointError: one line naming the file, for a truncated, foreign or code-carrying checkpoint.
         """
-        kind = file_kind(Path(path)) if Path(path).is_file() else None  # a remote path goes straight to Lightning
-        if kind:
-            raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
+        if Path(path).is_file():  # a remote path goes straight to Lightning
+            refuse_other_files(Path(path))
         kwargs = {"map_location": map_location} if map_location is not None else {}
         try:
             checkpoint = super().load_checkpoint(path, weights_only=True, **kwargs)

@@ -145,19 +145,20 @@ class CaptioningCLI(LightningCLI):
             if subcommand == "fit":
                 self._remove_unsaved_run()
             raise
-        if subcommand == "fit" and self.trainer.is_global_zero and run_folder(self.trainer):
-            print(f"run folder: {run_folder(self.trainer)}")
+        folder = run_folder(self.trainer)
+        if subcommand == "fit" and self.trainer.is_global_zero and folder:
+            print(f"run folder: {folder}")
 
     def _remove_unsaved_run(self) -> None:
         """A fit that failed before its first checkpoint leaves no folder behind: the next run takes its number."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not self._new_run_folder or not trainer.is_global_zero or not run_folder(trainer):
+        folder = run_folder(trainer) if trainer is not None else None
+        if folder is None or not self._new_run_folder or not trainer.is_global_zero:
             return
-        saved = any(c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks)
-        if not saved:
-            shutil.rmtree(run_folder(trainer), ignore_errors=True)
+        if not any(c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks):
+            shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):  # runs/NAME too, when this run was its only one
-                Path(run_folder(trainer)).parent.rmdir()
+                Path(folder).parent.rmdir()
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
