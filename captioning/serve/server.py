@@ -96,7 +96,8 @@ def build_server(options: argparse.Namespace):
     from captioning.serve.api import CaptionAPI
     from captioning.serve.upload import UploadReader
 
-    config, _, _ = load_checkpoint(options.checkpoint)  # a bad checkpoint fails here, before any worker starts
+    # a bad checkpoint fails here, before any worker starts; mmap: only its config and training data are read here
+    config, _, _ = load_checkpoint(options.checkpoint, mmap=True)
     reader = UploadReader(config.encoder, config.image_size, int(options.max_upload_mb * 2**20))
     api = CaptionAPI(
         str(Path(options.checkpoint).resolve()),
