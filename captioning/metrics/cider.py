@@ -15,7 +15,7 @@ import numpy as np
 from captioning.metrics.bleu import run_starts
 from captioning.metrics.ngrams import NgramCounts
 from captioning.metrics.references import ReferenceSet
-from captioning.metrics.tokenize import tokenize_captions, tokenize_lines
+from captioning.metrics.words import ENGLISH, check_language, split_captions, split_lines
 
 SIGMA = 6.0
 
@@ -147,6 +147,7 @@ class CiderD:
         end_id: for token-id candidates, a token that ends the caption (it and what follows are ignored).
         id_to_token: for token-id candidates scored against text references: maps an id to its word; the
             decoded caption (words joined by spaces) is then PTB-tokenized like a string candidate.
+        language: the word rule of text references and string candidates (`captioning.metrics.words`).
     """
 
     def __init__(
@@ -156,9 +157,11 @@ class CiderD:
         sigma: float = SIGMA,
         end_id: int | None = None,
         id_to_token: Sequence[str] | Mapping[int, str] | Callable[[int], str] | None = None,
+        language: str = ENGLISH,
     ) -> None:
         if not references:
             raise ValueError("CiderD needs at least one image with references")
+        self.language = check_language(language)
         self.text = _is_text(references)
         self.end_id = end_id
         self.id_to_token = id_to_token
@@ -175,7 +178,7 @@ class CiderD:
 
     def _as_tokens(self, references: Mapping) -> list[list]:
         if self.text:
-            tokenized = tokenize_captions(references)
+            tokenized = split_captions(references, self.language)
             return [tokenized[i] for i in references]
         return [[list(ref) for ref in references[i]] for i in references]
 
@@ -217,7 +220,7 @@ class CiderD:
         if isinstance(candidates[0], str):
             if not self.text and not self._word_tokens:
                 raise TypeError("string candidates need references given as text or as words, not token ids")
-            tokenized = tokenize_lines(list(candidates))
+            tokenized = split_lines(list(candidates), self.language)
             return tokenized if self.text else [c.split() for c in tokenized]
         out = []
         for cand in candidates:
@@ -233,7 +236,7 @@ class CiderD:
             raise TypeError("token-id candidates need id_to_token when the references are text")
         lookup = self.id_to_token if callable(self.id_to_token) else self.id_to_token.__getitem__
         # decoded captions, PTB-tokenized like the references (as coco-caption would see them)
-        return tokenize_lines([" ".join(t if isinstance(t, str) else lookup(t) for t in c) for c in out])
+        return split_lines([" ".join(t if isinstance(t, str) else lookup(t) for t in c) for c in out], self.language)
 
 
 def _is_text(references: Mapping) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from captioning.files import write_json
 from captioning.metrics.scorer import FAMILIES, CaptionScorer, metric_families
+from captioning.metrics.words import ENGLISH, check_language, split_lines
 
 
 class InputError(ValueError):
@@ -88,11 +88,9 @@ def load_results(path: Path, references: dict[object, list[str]]) -> dict[object
     return predictions
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.lower()))
-
-
-def unrelated_captions(predictions: dict, references: dict[object, list[str]], min_images: int = 5) -> str | None:
+def unrelated_captions(
+    predictions: dict, references: dict[object, list[str]], min_images: int = 5, language: str = ENGLISH
+) -> str | None:
     """A warning when the captions share no more words with the references of the images they name than with other
     images' references: the annotations of another split (whose image ids overlap), or a model that writes the same
     caption whatever the image. None when they match better, or for fewer than `min_images` images.
@@ -103,8 +101,8 @@ def unrelated_captions(predictions: dict, references: dict[object, list[str]], m
     ids = list(predictions)
     if len(ids) < min_images:
         return None
-    candidates = [_words(predictions[i]) for i in ids]
-    vocabularies = [set().union(*map(_words, references[i])) for i in ids]
+    candidates = [set(words.split()) for words in split_lines([predictions[i] for i in ids], language)]
+    vocabularies = [set(" ".join(split_lines(references[i], language)).split()) for i in ids]
 
     def overlap(shift: int) -> float:
         pairs = zip(candidates, vocabularies[shift:] + vocabularies[:shift], strict=True)
@@ -146,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRIC",
         help=f"metric families (default: all of {' '.join(FAMILIES)})",
     )
+    parser.add_argument(
+        "--language",
+        default=ENGLISH,
+        help="the captions' language, which sets how they split into words: en (PTB, as coco-caption; the "
+        "default), zh (jieba), ja (characters), or another code (Unicode words)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -155,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         families = metric_families(args.metrics)
+        language = check_language(args.language)
         references = load_annotations(args.annotations)
         predictions = load_results(args.results, references)
     except ValueError as err:
@@ -168,12 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     subset = {image_id: references[image_id] for image_id in predictions}
-    mismatch = unrelated_captions(predictions, subset)
+    mismatch = unrelated_captions(predictions, subset, language=language)
     if mismatch:
         print(f"warning: {mismatch}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        scores = CaptionScorer(subset, families).score(predictions, per_image=args.per_image is not None)
+        scores = CaptionScorer(subset, families, language=language).score(
+            predictions, per_image=args.per_image is not None
+        )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     per_image = scores.pop("per_image", None)

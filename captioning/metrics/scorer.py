@@ -21,7 +21,7 @@ from captioning.metrics.ngrams import Vocab, odd_texts
 from captioning.metrics.references import ReferenceSet
 from captioning.metrics.rouge import lcs_lengths, rouge_l
 from captioning.metrics.spice import spice_scores
-from captioning.metrics.tokenize import tokenize_captions, tokenize_lines
+from captioning.metrics.words import ENGLISH, check_language, split_captions, split_lines
 
 
 class MetricLeftOut(UserWarning):
@@ -94,6 +94,8 @@ class CaptionScorer:
         meteor_jar: path of meteor-1.5.jar (default: ``$CAPTIONING_METEOR_JAR``, then pycocoevalcap's).
         spice_jar: path of spice-1.0.jar (default: ``$CAPTIONING_SPICE_JAR``, then pycocoevalcap's).
         spice_cache: SPICE's parse cache folder (default: ``$CAPTIONING_SPICE_CACHE``, else none).
+        language: the word rule of the captions (`captioning.metrics.words`): "en" (PTB, as coco-caption), "zh"
+            (jieba), ... METEOR and SPICE read English only, and are left out with a warning for other languages.
     """
 
     def __init__(
@@ -103,11 +105,18 @@ class CaptionScorer:
         meteor_jar: str | os.PathLike | None = None,
         spice_jar: str | os.PathLike | None = None,
         spice_cache: str | os.PathLike | None = None,
+        language: str = ENGLISH,
     ) -> None:
         _check_references(references)
+        self.language = check_language(language)
         self.families = metric_families(metrics)
+        english_only = [f for f in ("METEOR", "SPICE") if f in self.families and self.language != ENGLISH]
+        if english_only:
+            warnings.warn(f"{' and '.join(english_only)} left out: they read English captions only, "
+                          f"not language '{self.language}'", MetricLeftOut, stacklevel=2)  # fmt: skip
+            self.families = [f for f in self.families if f not in english_only]
         self.meteor_jar, self.spice_jar, self.spice_cache = meteor_jar, spice_jar, spice_cache
-        self.tokenized = tokenize_captions(references)
+        self.tokenized = split_captions(references, self.language)
         self.image_ids = list(self.tokenized)
         self.refs = ReferenceSet(self.image_ids, [self.tokenized[i] for i in self.image_ids], text=True)
         self._bleu_max = max_reference_counts(self.refs)
@@ -138,7 +147,7 @@ class CaptionScorer:
             images = self.refs.images_of(image_ids)
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
-        cands = tokenize_lines([predictions[i] for i in image_ids])
+        cands = split_lines([predictions[i] for i in image_ids], self.language)
         overall: dict[str, float] = {}
         table: dict[str, np.ndarray | list[float]] = {}
         counts, lengths, tokens = self.refs.encode(cands)
@@ -234,6 +243,7 @@ def score_captions(
     references: Mapping[Hashable, Sequence[str]],
     metrics: Sequence[str] | None = None,
     per_image: bool = False,
+    language: str = ENGLISH,
 ) -> dict:
     """The coco-caption scores of one caption per image, as pycocoevalcap's ``COCOEvalCap`` computes them.
 
@@ -245,6 +255,7 @@ def score_captions(
         references: ``{image_id: [caption, ...]}``, covering every predicted image.
         metrics: metric families (default: all of BLEU, METEOR, ROUGE_L, CIDEr, SPICE).
         per_image: also return ``"per_image": {image_id: {metric_key: score}}``.
+        language: the captions' word rule (see `CaptionScorer`).
 
     Returns:
         ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE": float}``; a metric that cannot run
@@ -257,4 +268,4 @@ def score_captions(
     if missing:
         raise ValueError(f"image id {missing[0]!r} has no references ({len(missing)} such images)")
     subset = {i: references[i] for i in predictions}  # in the results' order, as pycocoevalcap tokenizes them
-    return CaptionScorer(subset, metrics).score(predictions, per_image=per_image)
+    return CaptionScorer(subset, metrics, language=language).score(predictions, per_image=per_image)

@@ -27,10 +27,12 @@ from captioning.data.transforms import data_config
 from captioning.errors import CheckpointError, TrainingDiverged, UserError
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
+from captioning.metrics.words import split_lines
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import beam_search, greedy_decode, sample_decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
+from captioning.training.diagnostics import caption_diagnostics, collapse_warning
 from captioning.training.ema import WeightAverage
 from captioning.training.foil import FoilProbe
 from captioning.training.nonfinite import NonFiniteGuard
@@ -130,6 +132,7 @@ class CaptioningModule(LightningModule):
         self._foils: dict[str, FoilProbe] = {}
         self._scorers: dict[str, CaptionScorer] = {}
         self._reward: scst.CiderReward | None = None
+        self._training_captions: set[str] | None = None  # for the share of novel captions
         self._reward_seconds = 0.0
         self._step_started = 0.0
         self.skipped_images = 0
@@ -353,7 +356,7 @@ class CaptioningModule(LightningModule):
         self._training_data = datamodule.training_data() if hasattr(datamodule, "training_data") else None
         if self.hparams.scst:  # the training references, tokenized and counted once
             references = self.trainer.datamodule.references("train")
-            self._reward = scst.CiderReward(references, self.tokenizer.tokenizer.id_to_token, self.tokenizer.eos_id)
+            self._reward = scst.CiderReward(references, self.tokenizer)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._step_started, self._reward_seconds = time.perf_counter(), 0.0
@@ -461,6 +464,7 @@ class CaptioningModule(LightningModule):
         scores = self._score("val", captions, self.hparams.val_metrics)
         scores.update(self._check("val", captions))
         scores.update(self._foil_scores("val"))
+        scores.update(self._diagnostics("val", captions))
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name in ("CIDEr", "Bleu_4"))
 
@@ -469,6 +473,7 @@ class CaptioningModule(LightningModule):
         scores = self._score("test", captions, None)
         scores.update(self._check("test", captions))
         scores.update(self._foil_scores("test"))
+        scores.update(self._diagnostics("test", captions))
         for name, value in scores.items():
             self.log(f"test/{name}", value)
         self.test_counts = {"images_scored": len(captions), "images_in_split": _dataset_size(self.trainer)}
@@ -495,6 +500,19 @@ class CaptioningModule(LightningModule):
             return {}
         return check(split, captions)
 
+    def _diagnostics(self, split: str, captions: dict) -> dict[str, float]:
+        """How varied the captions are (`diagnostics.caption_diagnostics`), with a warning when they collapsed."""
+        if not captions or self.trainer.sanity_checking:
+            return {}
+        if self._training_captions is None:  # the training captions as words, read once
+            training = getattr(self.trainer.datamodule, "training_captions", lambda: None)()
+            self._training_captions = set(split_lines(training, self.tokenizer.language)) if training else set()
+        scores = caption_diagnostics(captions, self.tokenizer, self._training_captions or None)
+        warning = collapse_warning(split, scores, len(captions))
+        if warning:
+            rank_zero_warn(warning)
+        return scores
+
     def _score(self, split: str, captions: dict, metrics: tuple[str, ...] | None) -> dict[str, float]:
         """Scores the captions against the split's references on the first process (METEOR starts a JVM), and
         shares the scores with the others so that every process logs and checkpoints on the same numbers."""
@@ -502,7 +520,7 @@ class CaptioningModule(LightningModule):
         if self.trainer.is_global_zero and captions and not self.trainer.sanity_checking:
             if split not in self._scorers:  # tokenized references and CIDEr-D document frequencies, once per split
                 references = self.trainer.datamodule.references(split)
-                self._scorers[split] = CaptionScorer(references, metrics=metrics)
+                self._scorers[split] = CaptionScorer(references, metrics=metrics, language=self.tokenizer.language)
             scores = self._scorers[split].score(captions)
         return self.trainer.strategy.broadcast(scores, src=0)
 

@@ -10,12 +10,14 @@ caption's log-probability counts every sampled token up to and including the end
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from captioning.metrics.cider import CiderD
+from captioning.metrics.words import ENGLISH, join_words
+from captioning.text.tokenizer import CaptionTokenizer
 
 
 class CiderReward:
@@ -24,13 +26,14 @@ class CiderReward:
 
     Args:
         references: {image_id: [caption, ...]}, e.g. the training references.
-        id_to_token: the vocabulary's word of a token id (PTB words, as the references are tokenized).
-        eos_id: the end token.
+        tokenizer: the model's tokenizer: its words, its end token, and its language, whose word rule splits the
+            references, and the samples too where the language is not English (as evaluation reads them).
     """
 
-    def __init__(self, references: Mapping[Hashable, Sequence[str]], id_to_token: Callable[[int], str], eos_id: int):
-        self.cider = CiderD(references)
-        self.id_to_token, self.eos_id = id_to_token, eos_id
+    def __init__(self, references: Mapping[Hashable, Sequence[str]], tokenizer: CaptionTokenizer):
+        self.language = tokenizer.language
+        self.cider = CiderD(references, language=self.language)
+        self.id_to_token, self.eos_id = tokenizer.tokenizer.id_to_token, tokenizer.eos_id  # PTB words: "-lrb-"
 
     def __call__(self, tokens: Tensor, mask: Tensor, image_ids: Sequence[Hashable]) -> Tensor:
         """Rewards (R,) of captions `tokens` (R, L) whose words are the `mask`ed positions (end token aside)."""
@@ -39,6 +42,8 @@ class CiderReward:
             [self.id_to_token(t) for t in row[:n] if t != self.eos_id]
             for row, n in zip(tokens.tolist(), lengths, strict=True)
         ]
+        if self.language != ENGLISH:  # the caption as decoded, split again: the reward is what evaluation scores
+            words = [join_words(caption, self.language) for caption in words]
         scores = self.cider.score_batch(words, image_ids)
         return torch.as_tensor(scores, dtype=torch.float32, device=tokens.device)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from captioning.metrics import CaptionScorer
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.model.generation import sample_decode
+from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
 
 EOS, PAD, BOS = 2, 0, 1
@@ -25,14 +27,32 @@ def test_a_samples_own_reward_never_enters_its_baseline():
 
 def test_reward_is_the_cider_d_of_the_words_before_the_end_token():
     references = {7: ["There's a red circle.", "A red circle on grey."], 8: ["Two blue squares.", "two blue squares"]}
-    words = ["[PAD]", "[BOS]", "[EOS]", "there", "'s", "a", "red", "circle", "two", "blue", "squares"]
-    reward = scst.CiderReward(references, words.__getitem__, EOS)
-    tokens = torch.tensor([[3, 4, 5, 6, 7, EOS, PAD, PAD], [8, 9, 10, EOS, PAD, PAD, PAD, PAD], [8, 9, 10, EOS] * 2])
-    mask, _ = scst.caption_mask(tokens, EOS)
+    tokenizer = CaptionTokenizer.train([c for refs in references.values() for c in refs], min_frequency=1)
+    reward = scst.CiderReward(references, tokenizer)
+    captions = ["there's a red circle", "two blue squares", "two blue squares"]
+    tokens = tokenizer.encode(captions, max_length=8)[:, 1:]  # after the start token, padded after the end token
+    mask, _ = scst.caption_mask(tokens, tokenizer.eos_id)
     rewards = reward(tokens, mask, [7, 8, 7])
     direct = reward.cider.score_batch(["there 's a red circle", "two blue squares", "two blue squares"], [7, 8, 7])
     assert torch.allclose(rewards, torch.tensor(direct, dtype=torch.float32))  # padding and what follows the end
     assert rewards[0] > 1 and rewards[1] > 1 and rewards[2] == 0  # token are not words; the wrong image earns 0
+
+
+def test_a_chinese_reward_scores_the_caption_as_evaluation_reads_it():
+    references = {
+        1: ["一个红色的圆形在蓝色正方形的上方", "红色圆形上方没有别的图形"],
+        2: ["两个绿色的三角形", "图中有两个绿色三角形"],
+    }
+    tokenizer = CaptionTokenizer.train([c for refs in references.values() for c in refs], 1, language="zh")
+    reward = scst.CiderReward(references, tokenizer)
+    captions = ["一个红色的圆形在蓝色正方形的上方", "图中有两个绿色三角形"]
+    tokens = tokenizer.encode(captions, max_length=16)[:, 1:]
+    mask, _ = scst.caption_mask(tokens, tokenizer.eos_id)
+    rewards = reward(tokens, mask, [1, 2])
+    scorer = CaptionScorer(references, metrics=["CIDEr"], language="zh")
+    evaluated = scorer.score(dict(zip([1, 2], captions, strict=True)), per_image=True)["per_image"]
+    assert torch.allclose(rewards, torch.tensor([evaluated[1]["CIDEr"], evaluated[2]["CIDEr"]]))
+    assert rewards.min() > 1  # jieba's words of the decoded caption match the references'
 
 
 def test_the_end_token_is_part_of_the_log_probability_and_padding_is_not():
