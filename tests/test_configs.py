@@ -22,7 +22,7 @@ def test_config_parses_and_links_model_values_into_the_data(config):
         CaptioningCLI(args=["fit", "--config", str(config), "--print_config"])
     assert done.value.code in (0, None)
     written = yaml.safe_load(config.read_text())
-    assert written["data"]["dataset"] in ("shapes", "coco", "karpathy")
+    assert written["data"]["dataset"] in ("shapes", "coco", "karpathy", "folder")
     # an SCST config takes its architecture, encoder included, from the checkpoint given as model.init_from
     assert written["model"].get("encoder") or ("init_from" in written["model"] and written["model"]["scst"])
 

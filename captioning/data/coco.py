@@ -19,12 +19,17 @@ from pycocotools.coco import COCO
 
 @dataclass
 class ImageRecord:
-    """One image and its reference captions; `scene` holds the ground truth of built-in shapes images."""
+    """One image and its reference captions; `scene` holds the ground truth of built-in shapes images.
+
+    `data` holds the encoded image itself when it has no file of its own (a Parquet row); `path` then names the file
+    it came from, for messages. Readers open `data` when it is set, else `path`.
+    """
 
     image_id: int | str
     path: Path
     captions: list[str]
     scene: list[dict] | None = field(default=None, repr=False)
+    data: bytes | None = field(default=None, repr=False)
 
 
 def read_json(path: str | Path, what: str) -> dict:
@@ -81,7 +86,7 @@ def load_coco_captions(annotation_file: str | Path, image_dir: str | Path) -> li
             missing += 1
             continue
         records.append(ImageRecord(image_id, file, captions, image.get("scene")))
-    _report_missing(missing, len(records), image_dir, path)
+    report_missing(missing, len(records), image_dir, path)
     return records
 
 
@@ -112,11 +117,12 @@ def load_karpathy_split(
         records.append(ImageRecord(image_id, file, captions))
     if not records and not missing:
         raise ValueError(f"{path}: no image has split '{split}'")
-    _report_missing(missing, len(records), image_root, path)
+    report_missing(missing, len(records), image_root, path)
     return records
 
 
-def _report_missing(missing: int, present: int, folder: Path, annotation_file: Path) -> None:
+def report_missing(missing: int, present: int, folder: Path, annotation_file: Path) -> None:
+    """Warns that `missing` images named by `annotation_file` are not in `folder`; an error when none is there."""
     if missing and not present:
         raise FileNotFoundError(
             f"none of the {missing} images named by {annotation_file} is in {folder}: is the image folder right?"

@@ -1,7 +1,8 @@
 """The LightningDataModule: records of a split -> (image tensor, captions) -> batches of B images x K captions.
 
 Sources: the built-in shapes dataset (a basic and a hard setting, generated on first use), COCO caption files with
-image folders, or a Karpathy split file. Each training batch carries every image once with K of its captions, so that
+image folders, a Karpathy split file, people's own folders of images with a metadata file (Hugging Face's ImageFolder
+layout), or Parquet files with image bytes. Each training batch carries every image once with K of its captions, so that
 the model encodes an image once for all of them. Unreadable images are skipped and counted, never fatal.
 """
 
@@ -23,10 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 from captioning.data import shapes, shapes_hard
 from captioning.data.coco import ImageRecord, load_coco_captions, load_karpathy_split
 from captioning.data.feature_cache import FeatureCache, FeatureDataset, cache_key, ensure_cache
+from captioning.data.folder import load_folder_records
+from captioning.data.parquet import load_parquet_records
 from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_positions import position_scores
 from captioning.data.transforms import build_transform, data_config, load_image
+from captioning.metrics.words import ENGLISH, check_language
 from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -70,7 +74,10 @@ class CaptionDataset(Dataset):
         captions = record.captions
         try:
             # JPEGs are decoded at the smallest DCT scale that still covers the model's input (see transforms)
-            image = self.transform(load_image(record.path, size=getattr(self.transform, "decode_size", None)))
+            source, name = (
+                (record.path, None) if record.data is None else (record.data, f"{record.path} [{record.image_id}]")
+            )
+            image = self.transform(load_image(source, size=getattr(self.transform, "decode_size", None), name=name))
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             image = None
@@ -126,10 +133,17 @@ class CaptionDataModule(LightningDataModule):
     """Caption data for training, validation and testing.
 
     Args:
-        dataset: "shapes" (built-in, generated under `root`), "coco" (`annotations` and `images` per split) or
-            "karpathy" (`karpathy_file` with images under `root`).
-        root: shapes: where the dataset is written (default data/shapes, or data/shapes_hard for the hard level);
-            karpathy: the folder that holds the images.
+        dataset: "shapes" (built-in, generated under `root`), "coco" (`annotations` and `images` per split),
+            "karpathy" (`karpathy_file` with images under `root`), "folder" (images under `root` with a
+            metadata.jsonl or metadata.csv of `file_name` and `text`/`caption`/`captions`, in split folders or split
+            by `split_fractions`) or "parquet" (Parquet files under `root`, with an image and a caption column).
+        root: shapes: where the dataset is written (default data/shapes, data/shapes_hard for the hard level,
+            data/shapes_zh in Chinese); karpathy: the folder that holds the images; folder, parquet: the data.
+        split_fractions: folder, parquet: shares of train, val and test when the data has no splits of its own,
+            drawn once with a fixed seed and written to splits.json beside it (default 0.8, 0.1, 0.1).
+        language: the captions' language, which sets how they split into words for the vocabulary and the metrics
+            (`captioning.metrics.words`: en PTB, zh jieba, ja characters, others Unicode words); kept in the
+            checkpoint. Default: the built-in shapes' language, else "en".
         annotations: coco: caption annotation file per split, e.g. {"train": ".../captions_train2017.json"}.
         images: coco: image folder per split, e.g. {"train": ".../train2017"}.
         karpathy_file: karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.
@@ -152,6 +166,7 @@ class CaptionDataModule(LightningDataModule):
         shapes_split_sizes: shapes: number of images per split.
         shapes_level: shapes: "basic" (one to three shapes on plain grey, lower-case template captions) or "hard"
             (two to six shapes in counted groups on textured backgrounds, captions written as people write them).
+        shapes_language: shapes: "en", or "zh" for the basic level's captions written in Chinese.
         predict_split: the split that `captioning predict` captions into predictions.json.
         feature_cache: a folder for the frozen encoder's tokens of the training images, computed once (float16,
             memory-mapped) and read instead of the images; rebuilt when the encoder, its weights or output stride, the
@@ -166,8 +181,10 @@ class CaptionDataModule(LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["shapes", "coco", "karpathy"] = "shapes",
+        dataset: Literal["shapes", "coco", "karpathy", "folder", "parquet"] = "shapes",
         root: str | None = None,
+        split_fractions: dict[str, float] | None = None,
+        language: str | None = None,
         annotations: dict[str, str] | None = None,
         images: dict[str, str] | None = None,
         karpathy_file: str | None = None,
@@ -186,6 +203,7 @@ class CaptionDataModule(LightningDataModule):
         shapes_image_size: int = 128,
         shapes_split_sizes: dict[str, int] | None = None,
         shapes_level: Literal["basic", "hard"] = "basic",
+        shapes_language: Literal["en", "zh"] = "en",
         predict_split: Literal["train", "val", "test"] = "test",
         feature_cache: str | None = None,
         format: Literal["folder", "litdata"] = "folder",
@@ -193,6 +211,12 @@ class CaptionDataModule(LightningDataModule):
         stream_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if shapes_language != "en" and dataset == "shapes" and shapes_level != "basic":
+            raise ValueError(f"data.shapes_language '{shapes_language}' needs data.shapes_level 'basic'")
+        if language is not None and dataset == "shapes" and check_language(language) != shapes_language:
+            raise ValueError(f"data.language '{language}' does not match data.shapes_language '{shapes_language}'")
+        if language is not None:
+            check_language(language)
         if feature_cache and augment:
             raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
         for key, value in (("flip", flip), ("vertical_flip", vertical_flip)):
@@ -224,13 +248,26 @@ class CaptionDataModule(LightningDataModule):
         return tuple(views)
 
     @property
+    def language(self) -> str:
+        """The captions' language (data.language, or the built-in shapes' language)."""
+        hp = self.hparams
+        if hp.get("language"):
+            return check_language(hp.language)
+        return hp.get("shapes_language", "en") if hp.dataset == "shapes" else ENGLISH
+
+    @property
     def shapes_root(self) -> str:
-        return self.hparams.root or SHAPES_ROOTS[self.hparams.shapes_level]
+        hp = self.hparams
+        if hp.root:
+            return hp.root
+        return SHAPES_ROOTS[hp.shapes_level] + ("" if hp.get("shapes_language", "en") == "en" else "_zh")
 
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.dataset == "shapes" and hp.format == "folder":
-            SHAPES_LEVELS[hp.shapes_level].ensure_shapes(self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes)
+            level, language = SHAPES_LEVELS[hp.shapes_level], hp.get("shapes_language", "en")
+            extra = {} if language == "en" else {"language": language}  # the hard level is English only
+            level.ensure_shapes(self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes, **extra)
 
     def load_records(self, split: str) -> list[ImageRecord]:
         """The images and captions of a split, as configured."""
@@ -241,6 +278,11 @@ class CaptionDataModule(LightningDataModule):
             return load_packed_records(self._stream(split), (hp.stream_options or {}).get("storage_options"))
         if hp.dataset == "shapes":
             return load_coco_captions(annotation_path(self.shapes_root, split), Path(self.shapes_root) / split)
+        if hp.dataset in ("folder", "parquet"):
+            if not hp.root:
+                raise ValueError(f"data.root is required when data.dataset is '{hp.dataset}': the folder of the data")
+            load = load_folder_records if hp.dataset == "folder" else load_parquet_records
+            return load(hp.root, split, hp.get("split_fractions"))
         if hp.dataset == "karpathy":
             for field in ("karpathy_file", "root"):
                 if not getattr(hp, field):
@@ -262,7 +304,7 @@ class CaptionDataModule(LightningDataModule):
                 self.datasets[split] = self._dataset(split, transform)
         if stage == "fit" and self.tokenizer is None:
             captions = (c for record in self.datasets["train"].records for c in record.captions)
-            self.tokenizer = CaptionTokenizer.train(captions, self.hparams.min_word_frequency)
+            self.tokenizer = CaptionTokenizer.train(captions, self.hparams.min_word_frequency, self.language)
 
     def training_data(self) -> dict:
         """What the model is trained on, kept in its checkpoints: {"dataset": "shapes" (or "shapes hard", "coco",
@@ -270,6 +312,8 @@ class CaptionDataModule(LightningDataModule):
         name = self.hparams.dataset
         if name == "shapes" and self.hparams.shapes_level == "hard":
             name = "shapes hard"
+        elif name == "shapes" and self.hparams.get("shapes_language", "en") != "en":
+            name = f"shapes ({self.hparams.shapes_language})"
         train = self.datasets.get("train")
         if train is None:
             return {"dataset": name, "images": None}
@@ -339,6 +383,16 @@ class CaptionDataModule(LightningDataModule):
         """Reference captions by image id."""
         return {record.image_id: record.captions for record in self.datasets[split].records}
 
+    def training_captions(self) -> list[str] | None:
+        """Every training caption (read from the split's files when it is not loaded), or None when the training
+        split is not configured or cannot be read; captions that are a training caption verbatim are not novel."""
+        train = self.datasets.get("train")
+        try:
+            records = getattr(train, "records", None) or self.load_records("train")
+        except (OSError, ValueError):
+            return None
+        return [caption for record in records for caption in record.captions]
+
     def check_captions(self, split: str, captions: dict) -> dict[str, float]:
         """Scores {image_id: caption} against the split's ground truth when the dataset has one (built-in shapes:
         {"grounded_accuracy": ...}); {} for datasets without one."""
@@ -346,9 +400,12 @@ class CaptionDataModule(LightningDataModule):
             return {}
         records = self.datasets[split].records if split in self.datasets else self.load_records(split)
         scenes = {record.image_id: record.scene for record in records}
-        scores = {"grounded_accuracy": SHAPES_LEVELS[self.hparams.shapes_level].grounded_accuracy(captions, scenes)}
-        if self.hparams.shapes_level == "basic":  # its captions place shapes: "above", "in the top left"
-            scores.update(position_scores(captions, scenes, self.hparams.shapes_image_size))
+        level, language = self.hparams.shapes_level, self.hparams.get("shapes_language", "en")
+        if level == "hard":
+            return {"grounded_accuracy": shapes_hard.grounded_accuracy(captions, scenes)}
+        # the basic level's captions place shapes too: "above", "in the top left" ("上方", "画面左上角")
+        scores = {"grounded_accuracy": shapes.grounded_accuracy(captions, scenes, read=shapes.caption_reader(language))}
+        scores.update(position_scores(captions, scenes, self.hparams.shapes_image_size, language=language))
         return scores
 
     def train_dataloader(self) -> DataLoader:

@@ -46,11 +46,14 @@ def images_digest(records: Sequence[ImageRecord]) -> str:
     images under the same ids (e.g. shapes at another size) must not reuse old tokens."""
     digest = hashlib.sha256()
     for record in records:
-        try:
-            stat = os.stat(record.path)
-            file = (Path(record.path).name, stat.st_size, stat.st_mtime_ns)
-        except OSError:  # unreadable now: its row is marked missing when the cache is filled
-            file = (Path(record.path).name, None, None)
+        if record.data is not None:  # held in memory (a Parquet row): its bytes say whether it changed
+            file = (Path(record.path).name, len(record.data), hashlib.sha256(record.data).hexdigest())
+        else:
+            try:
+                stat = os.stat(record.path)
+                file = (Path(record.path).name, stat.st_size, stat.st_mtime_ns)
+            except OSError:  # unreadable now: its row is marked missing when the cache is filled
+                file = (Path(record.path).name, None, None)
         digest.update(json.dumps([record.image_id, *file]).encode())
     return digest.hexdigest()
 

@@ -1,7 +1,8 @@
 """`captioning prepare`: packs a split into LitData chunks that training and evaluation stream (`data.format: litdata`).
 
 The images and captions come from the same settings as training (a config's `data:` section, or flags), read by the
-datamodule's `load_records`, so every source works: the built-in shapes, COCO caption files, Karpathy splits. Each
+datamodule's `load_records`, so every source works: the built-in shapes, COCO caption files, Karpathy splits, an
+ImageFolder with `metadata.jsonl` or `.csv`, Parquet files (their images are decoded from the bytes they hold). Each
 image is stored once, resized to a square at the size training needs, as JPEG, with its id and all of its captions.
 
     captioning prepare --config configs/coco.yaml --split train --out /data/coco-packed/train
@@ -34,8 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a training config: its data section names the images and captions")
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--out", required=True, help="an empty or new local folder (copy it to s3://... after)")
-    parser.add_argument("--dataset", choices=("shapes", "coco", "karpathy"), help="overrides data.dataset")
-    parser.add_argument("--root", help="overrides data.root (shapes: its folder; karpathy: the image root)")
+    parser.add_argument(
+        "--dataset", choices=("shapes", "coco", "karpathy", "folder", "parquet"), help="overrides data.dataset"
+    )
+    parser.add_argument(
+        "--root",
+        help="overrides data.root (shapes: its folder; karpathy: the image root; folder: the ImageFolder with "
+        "metadata.jsonl or .csv; parquet: a .parquet file or a folder of them)",
+    )
+    parser.add_argument(
+        "--split-fractions",
+        type=split_fractions,
+        help="folder, parquet without splits: overrides data.split_fractions, e.g. train=0.8,val=0.1,test=0.1",
+    )
     parser.add_argument("--annotations", help="coco: the split's caption annotation file")
     parser.add_argument("--images", help="coco: the split's image folder")
     parser.add_argument("--karpathy-file", help="karpathy: dataset_coco.json, dataset_flickr8k.json, ...")
@@ -65,6 +77,8 @@ def data_settings(args: argparse.Namespace) -> tuple[dict, str, int | None]:
     for flag, key in (("dataset", "dataset"), ("root", "root"), ("karpathy_file", "karpathy_file")):
         if getattr(args, flag):
             data[key] = getattr(args, flag)
+    if args.split_fractions:
+        data["split_fractions"] = args.split_fractions
     if args.annotations:
         data["annotations"] = {**(data.get("annotations") or {}), args.split: args.annotations}
     if args.images:
@@ -73,6 +87,18 @@ def data_settings(args: argparse.Namespace) -> tuple[dict, str, int | None]:
     image_size = model.get("image_size", data.get("image_size"))
     data.update(encoder=encoder, image_size=image_size)
     return data, encoder, image_size
+
+
+def split_fractions(text: str) -> dict[str, float]:
+    """`train=0.8,val=0.1,test=0.1` as {"train": 0.8, "val": 0.1, "test": 0.1}."""
+    fractions = {}
+    for item in text.split(","):
+        split, _, value = item.partition("=")
+        try:
+            fractions[split.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}': expected SPLIT=FRACTION, e.g. train=0.8") from None
+    return fractions
 
 
 def _read_config(path: str) -> dict:
@@ -154,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     seconds = time.perf_counter() - start
     write_json(out / CAPTIONS_FILE, coco_captions(records))
-    source = {key: data.get(key) for key in ("dataset", "root", "annotations", "images", "karpathy_file")}
+    keys = ("dataset", "root", "annotations", "images", "karpathy_file", "split_fractions")
+    source = {key: data.get(key) for key in keys}
     manifest = {
         "split": args.split,
         "count": count,

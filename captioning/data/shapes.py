@@ -15,6 +15,7 @@ import random
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -25,23 +26,44 @@ KINDS = ("circle", "square", "triangle", "diamond")
 SIZES = {"small": 0.11, "large": 0.2}  # half-width as a share of the image side
 SPLIT_SIZES = {"train": 4000, "val": 200, "test": 200}
 GENERATOR_VERSION = 2  # 2: most captions place their shapes
+LANGUAGES = ("en", "zh")  # of the captions; Chinese in shapes_zh.py
 
 
 def annotation_path(root: str | Path, split: str) -> Path:
     return Path(root) / "annotations" / f"captions_{split}.json"
 
 
-def ensure_shapes(root: str | Path, image_size: int = 128, split_sizes: dict[str, int] | None = None, seed: int = 0):
+def ensure_shapes(
+    root: str | Path,
+    image_size: int = 128,
+    split_sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    language: str = "en",
+):
     """Writes the dataset under `root` unless the same one is already there.
 
-    Layout: `root/{train,val,test}/*.png` and `root/annotations/captions_{split}.json`.
+    Layout: `root/{train,val,test}/*.png` and `root/annotations/captions_{split}.json`. `language` ("en" or "zh")
+    is that of the captions; both have the same images. The generator settings name a language other than English
+    (English data keeps the settings it always had), so switching language rewrites the splits.
     """
-    write_splits(root, {"version": GENERATOR_VERSION}, _example, image_size, split_sizes or SPLIT_SIZES, seed)
+    generator = {"version": GENERATOR_VERSION}
+    if _check_language(language) != "en":
+        from captioning.data import shapes_zh  # builds on this module
+
+        generator |= {"language": language, "language_version": shapes_zh.VERSION}
+    example = partial(_example, language=language)
+    write_splits(root, generator, example, image_size, split_sizes or SPLIT_SIZES, seed)
 
 
-def _example(rng: random.Random, image_size: int) -> tuple[Image.Image, dict, list[str]]:
+def _check_language(language: str) -> str:
+    if language not in LANGUAGES:
+        raise ValueError(f"shapes captions in language {language!r}: expected one of {', '.join(LANGUAGES)}")
+    return language
+
+
+def _example(rng: random.Random, image_size: int, language: str = "en") -> tuple[Image.Image, dict, list[str]]:
     scene = random_scene(rng, image_size)
-    return draw_scene(scene, image_size), {"scene": scene}, describe(scene, rng, image_size)
+    return draw_scene(scene, image_size), {"scene": scene}, describe(scene, rng, image_size, language)
 
 
 def write_splits(
@@ -161,13 +183,18 @@ def _place(shape: dict, image_size: int) -> str:
     return "centre" if row == column == "middle" else f"{row} {column}"
 
 
-def describe(scene: list[dict], rng: random.Random, image_size: int) -> list[str]:
+def describe(scene: list[dict], rng: random.Random, image_size: int, language: str = "en") -> list[str]:
     """Five different captions of a scene, each from its own template, naming the shapes in a random order.
 
     Most templates place the shapes: a lone shape by the ninth of the image it is in, two shapes by their relation
     ("A above B", or "B below A": the order is drawn per caption), three by the relation of two of them. Version 1
     of the generator placed shapes in one caption in four, and a model trained on it placed them at chance.
+    `language` "zh" gives the Chinese captions of `shapes_zh.describe_zh`, from the same draws of `rng`.
     """
+    if _check_language(language) == "zh":
+        from captioning.data.shapes_zh import describe_zh  # builds on this module
+
+        return describe_zh(scene, rng, image_size)
     captions = []
     templates = list(range(5))
     rng.shuffle(templates)
@@ -203,6 +230,15 @@ def named_shapes(caption: str) -> Counter:
             pairs[(colour, word)] += 1
             colour = None
     return pairs
+
+
+def caption_reader(language: str = "en") -> Callable[[str], Counter]:
+    """The reader of the (colour, kind) pairs that captions in `language` name, for `grounded_accuracy(read=...)`."""
+    if _check_language(language) == "zh":
+        from captioning.data.shapes_zh import named_shapes_zh  # builds on this module
+
+        return named_shapes_zh
+    return named_shapes
 
 
 def caption_matches_scene(caption: str, scene: list[dict], read: Callable[[str], Counter] = named_shapes) -> bool:

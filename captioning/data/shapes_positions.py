@@ -3,12 +3,14 @@ right only when that circle is above that square, "a green triangle in the top l
 
 `grounded_accuracy` checks colours and kinds; a model can score well on it while it gets "above" and "left of"
 wrong, or never says them. `position_scores` reports both sides: how many captions make a position claim, and how
-many captions name every shape and place every one they place correctly.
+many captions name every shape and place every one they place correctly. Chinese captions are read by
+`shapes_zh.position_claims_zh`, which gives the same claims.
 """
 
 from __future__ import annotations
 
-from captioning.data.shapes import COLOURS, KINDS, _place, _relation, caption_matches_scene
+from captioning.data.shapes import COLOURS, KINDS, _place, _relation, caption_matches_scene, caption_reader
+from captioning.data.shapes_zh import position_claims_zh
 
 RELATIONS = ("to the left of", "to the right of", "above", "below")  # as `_relation` writes them
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "middle", "right")
@@ -72,16 +74,18 @@ def claim_holds(claim: tuple, scene: list[dict], image_size: int) -> bool:
     )
 
 
-def position_scores(captions: dict, scenes: dict, image_size: int) -> dict[str, float]:
+def position_scores(captions: dict, scenes: dict, image_size: int, language: str = "en") -> dict[str, float]:
     """{"position_claims": share of captions with a position word, "position_accuracy": share of captions that name
     every shape correctly and whose every position claim holds, "claims_right": the same share among the captions
-    that make a position claim (0 when none does)}."""
+    that make a position claim (0 when none does)}. `language` ("en" or "zh") picks the readers of the captions."""
+    read = caption_reader(language)
+    read_claims = position_claims_zh if language == "zh" else position_claims
     if not captions:
         return {"position_claims": 0.0, "position_accuracy": 0.0, "claims_right": 0.0}
     claimed = right = claimed_right = 0
     for image_id, caption in captions.items():
-        claims, scene = position_claims(caption), scenes[image_id]
-        holds = caption_matches_scene(caption, scene) and all(claim_holds(c, scene, image_size) for c in claims)
+        claims, scene = read_claims(caption), scenes[image_id]
+        holds = caption_matches_scene(caption, scene, read) and all(claim_holds(c, scene, image_size) for c in claims)
         claimed += bool(claims)
         right += holds
         claimed_right += holds and bool(claims)

@@ -45,7 +45,11 @@ class PackRecord:
 
     def __call__(self, record: ImageRecord) -> dict | None:
         try:
-            image = load_image(record.path, size=self.size)  # a JPEG decodes at the smallest DCT scale that covers it
+            # a JPEG decodes at the smallest DCT scale that covers it; a Parquet row's image is in memory
+            if record.data is None:
+                image = load_image(record.path, size=self.size)
+            else:
+                image = load_image(record.data, size=self.size, name=f"{record.path} [{record.image_id}]")
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
             return None
@@ -186,7 +190,9 @@ def coco_captions(records: list[ImageRecord]) -> dict:
     """Records in the COCO captions format (with each shapes image's scene, which grounds its captions)."""
     images, annotations = [], []
     for record in records:
-        image = {"id": record.image_id, "file_name": Path(record.path).name}
+        # An image held in memory has no file of its own: its id (a Parquet row's path or row) names it.
+        name = Path(record.path).name if record.data is None else str(record.image_id)
+        image = {"id": record.image_id, "file_name": name}
         if record.scene is not None:
             image["scene"] = record.scene
         images.append(image)

@@ -10,8 +10,10 @@ antialiased resampling of PIL, within one level of 255), and normalises in the s
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import timm
@@ -92,15 +94,22 @@ def build_transform(encoder: str, image_size: int | None = None, train: bool = F
     return T.Compose([resize, T.ToTensor(), T.Normalize(config["mean"], config["std"])])
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> Image.Image:
+def load_image(
+    path: str | Path | bytes | IO[bytes], size: int | tuple[int, int] | None = None, name: str | None = None
+) -> Image.Image:
     """Opens an image as upright RGB; raises OSError naming the file if it is unreadable or too large.
 
     Args:
-        path: the image file.
+        path: the image file, or the encoded image itself (bytes, e.g. a Parquet row's, or an open binary file).
         size: (width, height) the caller resizes the image to next, e.g. `transform.decode_size`. A JPEG is then
             decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it in both directions, after its EXIF
             rotation. None, and any other format, decode at full size.
+        name: what error messages call the image; default: the path, or "an image of N bytes" for bytes.
     """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        name = name or f"an image of {len(path)} bytes"
+        path = io.BytesIO(path)
+    name = name or str(path)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice that; an image over the limit is refused outright.
@@ -111,7 +120,7 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> I
                 ImageOps.exif_transpose(image, in_place=True)  # no copy: `to_rgb` makes the one that outlives the file
                 return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise OSError(f"{path}: cannot read image ({error})") from None
+        raise OSError(f"{name}: cannot read image ({error})") from None
 
 
 def draft(image: Image.Image, size: int | tuple[int, int]) -> None:
