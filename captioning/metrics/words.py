@@ -22,6 +22,7 @@ import re
 import unicodedata
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
+from captioning.errors import UserError
 from captioning.metrics.tokenize import tokenize_captions, tokenize_lines
 
 ENGLISH = "en"
@@ -34,7 +35,7 @@ def check_language(language: str) -> str:
     """A language code as the word rule reads it ("zh-CN" -> "zh"); a one-line error for one that is not a code."""
     code = str(language).strip().lower().replace("_", "-").split("-")[0]
     if not re.fullmatch(r"[a-z]{2,3}", code):
-        raise ValueError(f"language {language!r}: expected a language code such as 'en', 'zh', 'ja', 'fr'")
+        raise UserError(f"language {language!r}: expected a language code such as 'en', 'zh', 'ja', 'fr'")
     return code
 
 
@@ -81,7 +82,7 @@ def _jieba():
         try:
             import jieba
         except ImportError:
-            raise ImportError('Chinese captions are split into words by jieba: pip install -e ".[zh]"') from None
+            raise UserError('Chinese captions are split into words by jieba: pip install -e ".[zh]"') from None
         jieba.setLogLevel(logging.WARNING)
         jieba.initialize()
         _JIEBA = jieba
