@@ -264,14 +264,17 @@ def main(args: list[str] | None = None) -> int:
                 batch.append((path, load_image(path), name))
             except OSError as error:
                 output.error(f"error: {error}")
+        # One image that cannot be decoded must not cost the batch: caption them one by one. Only a read error
+        # (load_image's OSError; PIL's UnidentifiedImageError is one too): any other error is the model's or the
+        # device's, the same for every image, so it ends the run once, with its traceback.
         try:
             captions = captioner.caption([image for _, image, _ in batch], **settings) if batch else []
-        except Exception:  # one image the model cannot take must not cost the batch: caption them one by one
+        except OSError:
             captions = []
             for path, image, _ in batch:
                 try:
                     captions += captioner.caption(image, **settings)
-                except Exception as error:  # noqa: BLE001 - reported per file, the run goes on
+                except OSError as error:  # reported per file, the run goes on
                     captions.append(None)
                     output.error(f"error: {path}: cannot caption image ({type(error).__name__}: {error})")
         for (path, image, name), caption in zip(batch, captions, strict=True):

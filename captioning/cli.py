@@ -12,13 +12,11 @@ traceback, followed by a one-line summary, and exit status 1. CAPTIONING_DEBUG=1
 from __future__ import annotations
 
 import importlib
-import linecache
 import os
 import sys
 import traceback
 from argparse import ArgumentError
 from collections.abc import Sequence
-from pathlib import Path
 
 from captioning.errors import UserError
 
@@ -39,7 +37,6 @@ COMMANDS = {
 # module cannot be traced to its distribution, and the names differ: multipart comes from python-multipart).
 EXTRAS = {"serve": "serve", "export": "export", "prepare": "stream"}
 OPTIONAL = {"litserve", "fastapi", "multipart", "safetensors", "onnx", "onnxscript", "onnxruntime", "litdata"}
-PACKAGE = Path(__file__).resolve().parent
 
 
 def usage() -> str:
@@ -52,25 +49,12 @@ def is_user_error(error: BaseException) -> bool:
     """Whether the message alone tells the user what to fix: our UserError (bad input, a bad checkpoint, a run that
     diverged), a missing file, a bad command line or Lightning's MisconfigurationException.
 
-    Input checks written before UserError existed raise a plain ValueError: one raised by a `raise` statement of
-    this package counts too. A ValueError from inside torch or another library, or from a failed call in our own
-    code, is unexpected.
+    Only these types count: a plain ValueError, even one raised by this package (an internal check), keeps its
+    traceback, since it reports a bug rather than bad input.
     """
     if isinstance(error, (UserError, FileNotFoundError, ArgumentError)):
         return True
-    if any(cls.__name__ == "MisconfigurationException" for cls in type(error).__mro__):
-        return True
-    return isinstance(error, ValueError) and _raised_here(error)
-
-
-def _raised_here(error: BaseException) -> bool:
-    """Whether the innermost frame of the error's traceback is a `raise` statement in this package."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return False
-    last = frames[-1]
-    line = linecache.getline(last.filename, last.lineno).strip()
-    return Path(last.filename).resolve().is_relative_to(PACKAGE) and line.startswith("raise ")
+    return any(cls.__name__ == "MisconfigurationException" for cls in type(error).__mro__)
 
 
 def one_line(error: BaseException) -> str:

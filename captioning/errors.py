@@ -1,7 +1,8 @@
 """Errors that the `captioning` command reports in one line: the user can fix them from the message alone.
 
-Anything else is unexpected (a bug, CUDA out of memory, an NCCL failure) and keeps its full traceback. Standard
-library only, so that every part of the package, `model/` included, can raise them.
+Anything else is unexpected (a bug, CUDA out of memory, an NCCL failure) and keeps its full traceback: an internal
+check raises a plain ValueError or RuntimeError, bad input a UserError. Standard library only, so that every part of
+the package, `model/` included, can raise them.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from torchvision import transforms as T
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.transforms import build_transform, data_config, load_image, to_rgb
+from captioning.errors import UserError
 from captioning.model.captioner import CaptioningModel
 from captioning.model.generation import Generated, beam_search, greedy_decode, sample_decode
 from captioning.model.scoring import score_tokens
@@ -111,7 +112,7 @@ class Captioner:
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as error:
-            raise ValueError(f"unknown device '{device}' ({error})") from None
+            raise UserError(f"unknown device '{device}' ({error})") from None
         config, tokenizer, state = load_checkpoint(path)
         config.pretrained = False  # the checkpoint holds the trained weights
         model = CaptioningModel(config)
@@ -131,7 +132,7 @@ class Captioner:
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as error:
-            raise ValueError(f"unknown device '{device}' ({error})") from None
+            raise UserError(f"unknown device '{device}' ({error})") from None
         model, tokenizer = load_pretrained_model(folder)
         return cls(model, tokenizer, device)
 
@@ -155,7 +156,7 @@ class Captioner:
             if image.dtype == torch.uint8:
                 image = image.float() / 255
             elif not image.is_floating_point() or image.min() < 0 or image.max() > 1 or not image.isfinite().all():
-                raise ValueError("image tensors must be float in [0, 1] or uint8 in [0, 255]")
+                raise UserError("image tensors must be float in [0, 1] or uint8 in [0, 255]")
             return self.tensor_transform(image.float().expand(3, -1, -1))  # (1 or 3, H, W) -> (3, S, S)
         shape = f" of shape {tuple(image.shape)}" if isinstance(image, Tensor) else ""
         raise TypeError(
@@ -253,7 +254,7 @@ class Captioner:
             captions = [captions]
         if isinstance(captions, str) or len(captions) != len(images):
             count = 1 if isinstance(captions, str) else len(captions)
-            raise ValueError(f"score: {len(images)} images but captions for {count}: give one entry per image")
+            raise UserError(f"score: {len(images)} images but captions for {count}: give one entry per image")
         grouped = [[c] if isinstance(c, str) else list(c) for c in captions]
         results: list[list[CaptionScore]] = []
         for start in range(0, len(images), batch_size):
@@ -276,7 +277,7 @@ class Captioner:
         lengths = (tokens != tok.pad_id).sum(dim=1) - 1  # words + end token
         too_long = int(lengths.argmax())
         if lengths[too_long] > limit:
-            raise ValueError(
+            raise UserError(
                 f"score: caption {texts[too_long]!r} has {int(lengths[too_long]) - 1} words; the model reads at most "
                 f"{limit - 1} (model max_length {limit}, end token included)"
             )

@@ -7,10 +7,12 @@ import difflib
 
 import timm
 
+from captioning.errors import UserError
+
 
 def check_model_name(name: str) -> None:
     """Raises a one-line error, with the closest names, if timm has no model `name` (an optional `.tag` aside)."""
     if not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise ValueError(f"unknown timm model name '{name}'{hint}")
+        raise UserError(f"unknown timm model name '{name}'{hint}")

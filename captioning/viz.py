@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioning.data.transforms import load_image
+from captioning.errors import UserError
 from captioning.files import write_atomic
 from captioning.inference import Caption
 
@@ -44,7 +45,7 @@ def word_maps(caption: Caption, layer: int | None = None, head: int | None = Non
         (T, H', W'): map t is the attention of the query that wrote word t (raw softmax weights on the grid).
     """
     if caption.cross_attention is None:
-        raise ValueError("this caption has no attention maps: caption the image with return_attention=True")
+        raise UserError("this caption has no attention maps: caption the image with return_attention=True")
     weights = caption.cross_attention  # (L, nh, T, H', W')
     weights = weights.mean(0) if layer is None else weights[layer]  # (nh, T, H', W')
     return weights.mean(0) if head is None else weights[head]  # (T, H', W')

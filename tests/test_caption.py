@@ -119,6 +119,50 @@ def test_the_cli_never_writes_the_unknown_word(checkpoint, shapes_images, capsys
         assert len(lines) == 3 and not any("<unk>" in line for line in lines)
 
 
+def test_a_model_error_ends_the_run_once_with_its_traceback(checkpoint, shapes_images, capsys, monkeypatch):
+    """Only an image that cannot be read is captioned alone: an error of the model or the device is the same for
+    every image, so it is shown once, with its traceback, not as one error per image."""
+    from captioning import cli, inference
+
+    calls = []
+
+    def device_assert(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(inference, "beam_search", device_assert)
+    monkeypatch.delenv("CAPTIONING_DEBUG", raising=False)
+    images = [str(path) for path in sorted(shapes_images.glob("*.png"))[:3]]
+    assert cli.main(["caption", "--checkpoint", str(checkpoint), *images]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(calls) == 1
+    assert "Traceback (most recent call last):" in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: unexpected RuntimeError in `captioning caption`: CUDA error: device-side assert triggered"
+    ]
+
+
+def test_an_image_that_fails_to_decode_in_its_batch_is_reported_alone(
+    checkpoint, shapes_images, tmp_path, capsys, monkeypatch
+):
+    """Images opened lazily decode inside the batch: a truncated one fails it, and the others are then captioned
+    one by one."""
+    from PIL import Image
+
+    import captioning.data.transforms
+
+    images = sorted(shapes_images.glob("*.png"))[:3]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(images[1].read_bytes()[:200])
+    monkeypatch.setattr(captioning.data.transforms, "load_image", lambda path: Image.open(path))  # decoded later
+    paths = [str(images[0]), str(truncated), str(images[2])]
+    assert main(["--checkpoint", str(checkpoint), *paths]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [paths[0], paths[2]]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {truncated}: cannot caption image (OSError: ")
+
+
 def test_folders_and_patterns_without_images_are_errors(checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(checkpoint), str(tmp_path / "empty"), str(tmp_path / "*.jpg")]) == 1

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import COCO_MINI, ROOT, TINY_MODEL, TINY_SPLITS, require, run_cli, tiny_args
 
@@ -141,9 +142,11 @@ def test_test_with_beam_search_reports_what_the_caption_script_writes(trained_ru
     (folder,) = (tmp_path / "test" / "shapes").iterdir()
     written = {p["image_id"]: p["caption"] for p in json.loads((folder / "predictions.json").read_text())}
     paths = [shapes_root / "test" / f"{image_id:06d}.png" for image_id in written]
-    assert [c.text for c in Captioner.from_checkpoint(best, device="cpu").caption(paths, beam_size=3)] == list(
-        written.values()
-    )
+    captioner = Captioner.from_checkpoint(best, device="cpu")
+    assert [c.text for c in captioner.caption(paths, beam_size=3)] == list(written.values())
+    # Not the greedy captions of the checkpoint's own eval_beam_size 1: the command line's 3 beams decoded them.
+    assert [c.text for c in captioner.caption(paths, beam_size=1)] != list(written.values())
+    assert yaml.safe_load((folder / "hparams.yaml").read_text())["eval_beam_size"] == 3
     predicted = run_cli(*tiny_args("predict", shapes_root, tmp_path / "predict", *beams))
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     (folder,) = (tmp_path / "predict" / "shapes").iterdir()

@@ -14,7 +14,7 @@ from lightning import Callback
 
 from captioning.cli import is_user_error
 from captioning.errors import UserError
-from tests.conftest import COCO_MINI, ROOT, TINY_SPLITS, require, run_cli, tiny_args
+from tests.conftest import COCO_MINI, ROOT, TINY_SPLITS, cli_env, require, run_cli, tiny_args
 from tests.training.test_faults import Payload
 
 pytestmark = pytest.mark.slow
@@ -118,6 +118,7 @@ def _raise_from_a_library() -> None:
 
 def test_only_our_own_input_checks_count_as_user_errors():
     from captioning.model.encoder import check_model_name
+    from captioning.training.scst import leave_one_out_baseline
 
     def caught(call) -> BaseException:
         try:
@@ -126,11 +127,51 @@ def test_only_our_own_input_checks_count_as_user_errors():
             return error
         raise AssertionError("no error")
 
-    assert is_user_error(caught(lambda: check_model_name("resnet_5O")))  # our `raise ValueError(...)`
+    assert is_user_error(caught(lambda: check_model_name("resnet_5O")))  # a bad config value: our UserError
     assert is_user_error(UserError("bad value"))
+    # a check of our own that a bug trips, raised by a `raise ValueError` of this package: not the user's to fix
+    assert not is_user_error(caught(lambda: leave_one_out_baseline(torch.zeros(3), samples_per_image=1)))
     assert is_user_error(caught(lambda: open("/no/such/file")))
     assert not is_user_error(caught(_raise_from_a_library))  # a ValueError from inside the json module
     assert not is_user_error(caught(lambda: torch.ones(2).view(3)))  # a RuntimeError from torch
+
+
+# A command, injected for the test, that builds cross-attention as the model does and runs it.
+INJECTED_COMMAND = """
+import sys, types
+import torch
+from captioning import cli
+from captioning.model.attention import Attention
+
+def main(argv):
+    dim, heads, captions = (int(a) for a in argv)
+    Attention(dim, heads)(torch.zeros(captions, 1, dim), context=torch.zeros(2, 4, dim))
+    return 0
+
+sys.modules["probe"] = types.ModuleType("probe")
+sys.modules["probe"].main = main
+cli.COMMANDS["probe"] = ("probe", "cross-attention from captions to the memory of 2 images")
+sys.exit(cli.main(["probe", *sys.argv[1:]]))
+"""
+
+
+def test_an_internal_check_keeps_its_traceback_while_bad_input_is_one_line():
+    def probe(*argv: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", INJECTED_COMMAND, *argv]
+        return subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=300)
+
+    # 3 captions over the memory of 2 images: a caller's bug that attention.py's own `raise ValueError` reports
+    bug = probe("8", "2", "3")
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last):" in bug.stderr
+    assert "captioning/model/attention.py" in bug.stderr  # the frame that raised it
+    assert _error_lines(bug.stderr) == [
+        "error: unexpected ValueError in `captioning probe`: text batch 3 is not a multiple of the memory batch 2"
+    ]
+    # a width that the heads do not divide: a config value the user chose, a UserError
+    bad_input = probe("8", "3", "2")
+    assert bad_input.returncode == 1
+    assert bad_input.stderr.strip().splitlines() == ["error: dim 8 is not divisible by num_heads 3"]
 
 
 @pytest.mark.parametrize(

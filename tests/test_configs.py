@@ -1,8 +1,12 @@
-"""Every YAML file in configs/ parses into the CLI's full configuration."""
+"""Every YAML file in configs/ parses into the CLI's full configuration, builds its model and trains one step."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
+import torch
 import yaml
 
 from tests.conftest import ROOT, run_cli
@@ -33,3 +37,81 @@ def test_print_config_shows_the_resolved_config_with_linked_values():
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["encoder"] == "test_resnet" and printed["trainer"]["max_epochs"] == 16
     assert printed["checkpoint"]["monitor"] == "val/CIDEr" and printed["last_checkpoint"]["filename"] == "last"
+
+
+# Each config's own model (encoder family, width, depth, optimizer, schedule) takes one real optimizer step on a few
+# tiny images: settings that parse can still fail to build or train. Only what would make it slow is overridden.
+TINY_RUN = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.max_steps=1",
+    "--trainer.limit_val_batches=0",
+    "--trainer.log_every_n_steps=1",
+    "--checkpoint.save_top_k=0",
+    "--last_checkpoint.save_top_k=0",
+    "--test_after_fit=false",
+    "--model.pretrained=false",
+    "--data.batch_size=2",
+    "--data.num_workers=0",
+]
+SMALL_IMAGES = "--model.image_size=64"  # the big encoders (ViT-B/16, ResNet-50) at 4x4 or 2x2 tokens
+
+
+def _image(path, seed: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.effect_noise((64, 48), 40 + seed).convert("RGB").save(path)
+
+
+def _karpathy_set(folder) -> list[str]:
+    """Two training images (one of them 'restval'), one validation and one test image in a Karpathy split file."""
+    images = []
+    for i, split in enumerate(("train", "restval", "val", "test")):
+        _image(folder / "images" / f"{i}.jpg", i)
+        captions = [{"raw": f"a {colour} square beside a circle"} for colour in ("red", "red", "blue", "blue", "red")]
+        images.append({"filepath": "images", "filename": f"{i}.jpg", "split": split, "imgid": i, "sentences": captions})
+    (folder / "karpathy.json").write_text(json.dumps({"images": images}))
+    return [f"--data.karpathy_file={folder / 'karpathy.json'}", f"--data.root={folder}", SMALL_IMAGES]
+
+
+def _image_folder(folder) -> list[str]:
+    """Ten images in the ImageFolder layout (metadata.jsonl at the top: split 80/10/10 once)."""
+    rows = []
+    for i in range(10):
+        _image(folder / "data" / f"{i}.png", i)
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": ["a red square", "a blue circle", "a red circle"]}))
+    (folder / "data" / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return [f"--data.root={folder / 'data'}", f"--data.feature_cache={folder / 'features'}", SMALL_IMAGES]
+
+
+def _shapes(folder) -> list[str]:
+    sizes = json.dumps({"train": 2, "val": 1, "test": 1})
+    return [f"--data.root={folder / 'shapes'}", f"--data.shapes_split_sizes={sizes}", "--data.shapes_image_size=64"]
+
+
+DATA = {"karpathy": _karpathy_set, "folder": _image_folder, "shapes": _shapes}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_config_builds_its_model_and_takes_one_training_step(config, tmp_path, checkpoint, one_thread, monkeypatch):
+    from captioning.checkpoint import load_checkpoint
+    from captioning.training.cli import CaptioningCLI
+
+    written = yaml.safe_load(config.read_text())
+    args = ["fit", "--config", str(config), *TINY_RUN, f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    args += DATA[written["data"]["dataset"]](tmp_path)
+    encoder = written["model"].get("encoder")
+    if written["model"].get("scst"):  # its architecture comes from the cross-entropy checkpoint
+        args.append(f"--model.init_from={checkpoint}")
+        encoder = load_checkpoint(checkpoint)[0].encoder
+    monkeypatch.setattr(sys, "argv", ["captioning"])  # not pytest's arguments beside `args`
+    cli = CaptioningCLI(args=args)
+    assert cli.model.model.config.encoder == encoder
+    assert cli.trainer.global_step == 1
+    optimizer = cli.trainer.optimizers[0]
+    assert {int(state["step"]) for state in optimizer.state.values()} == {1}  # one optimizer step, no more
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and ("scst/reward" in metrics) == bool(written["model"].get("scst"))

@@ -3,6 +3,7 @@ onnxruntime greedy loop writes the torch model's captions token for token (shape
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from captioning import Captioner
 from captioning.data.coco import load_coco_captions
 from captioning.data.transforms import build_transform, load_image
 from captioning.errors import UserError
-from captioning.export import export_onnx, main
+from captioning.export import TOLERANCE, export_onnx, main
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.onnx_captioner import OnnxCaptioner
 from captioning.text.tokenizer import CaptionTokenizer
@@ -35,8 +36,23 @@ def onnx_folder(tiny_checkpoint, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     written = {Path(line).name for line in result.stdout.splitlines()}
     assert written == {"encoder.onnx", "decoder_step.onnx", "config.json", "tokenizer.json"}
-    assert "max |logits difference|" in result.stderr
+    assert "max |log-prob difference|" in result.stderr  # within the default --tolerance: exit status 0
     return out
+
+
+def test_onnx_export_fails_when_onnxruntime_and_torch_differ_beyond_the_tolerance(
+    tiny_checkpoint, onnx_folder, tmp_path
+):
+    """The default tolerance passes (`onnx_folder`); a tolerance of 0 fails, naming the difference it measured."""
+    out = tmp_path / "strict"
+    args = ["--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(out), "--tolerance", "0"]
+    result = run_cli("export", *args)
+    assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = rf"error: {re.escape(str(out))}: onnxruntime and torch log-probabilities differ by up to (\S+), more "
+    match = re.match(expected + "than --tolerance 0: ", error)
+    assert match and 0 < float(match[1]) < TOLERANCE, error
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioning.cli import main as cli_main
 from captioning.serve.server import STATIC
@@ -125,15 +126,20 @@ def test_concurrent_requests_get_the_captions_of_the_python_api(server, images, 
         assert "attention" not in answer
 
 
-def test_attention_has_one_grid_map_per_word(server, images):
+def test_attention_has_one_grid_map_per_word(server, images, captioner):
     status, answer = post_image(server, images[0].read_bytes(), attention="true", beam_size="1")
     assert status == 200, answer
     rows, cols = answer["attention"]["grid"]
     maps = answer["attention"]["maps"]
     assert len(maps) == len(answer["words"]) > 0
     assert all(len(m) == rows and all(len(row) == cols for row in m) for m in maps)
-    assert all(0 <= value <= 1 for m in maps for row in m for value in row)
-    assert maps[0] != maps[-1] or len(maps) == 1  # each word has its own map
+    # Each word's map is where the query that wrote it looked: the Python API's map of that word, in order ...
+    expected = captioner.caption(images[0], beam_size=1, return_attention=True)[0]
+    assert answer["words"] == expected.words
+    served = torch.tensor(maps, dtype=torch.float64)  # (T, H, W), rounded to 5 decimals
+    torch.testing.assert_close(served, expected.attention_map.double(), rtol=0, atol=1e-5)
+    # ... and a distribution over the grid: a CNN's memory has no tokens off the grid to take a share.
+    assert all(abs(sum(map(sum, m)) - 1) < rows * cols * 1e-5 for m in maps)
 
 
 def test_images_of_every_mode_and_size_are_captioned(server, tmp_path):

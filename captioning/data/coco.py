@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
+from captioning.errors import UserError
+
 
 @dataclass
 class ImageRecord:
@@ -40,15 +42,15 @@ def read_json(path: str | Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a valid JSON file ({error})") from None
+        raise UserError(f"{path}: not a valid JSON file ({error})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
     return data
 
 
 def _require(record: dict, key: str, path: Path, where: str):
     if not isinstance(record, dict) or key not in record:
-        raise ValueError(f"{path}: {where} has no field '{key}'")
+        raise UserError(f"{path}: {where} has no field '{key}'")
     return record[key]
 
 
@@ -62,14 +64,14 @@ def load_coco_captions(annotation_file: str | Path, image_dir: str | Path) -> li
     data = read_json(path, "COCO caption annotation file")
     for key in ("images", "annotations"):
         if not isinstance(_require(data, key, path, "the file"), list):
-            raise ValueError(f"{path}: field '{key}' must be a list")
+            raise UserError(f"{path}: field '{key}' must be a list")
     for i, image in enumerate(data["images"]):
         _require(image, "id", path, f"images[{i}]")
         _require(image, "file_name", path, f"images[{i}]")
     for i, annotation in enumerate(data["annotations"]):
         _require(annotation, "image_id", path, f"annotations[{i}]")
         if not isinstance(_require(annotation, "caption", path, f"annotations[{i}]"), str):
-            raise ValueError(f"{path}: annotations[{i}].caption must be a string")
+            raise UserError(f"{path}: annotations[{i}].caption must be a string")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -116,7 +118,7 @@ def load_karpathy_split(
             continue
         records.append(ImageRecord(image_id, file, captions))
     if not records and not missing:
-        raise ValueError(f"{path}: no image has split '{split}'")
+        raise UserError(f"{path}: no image has split '{split}'")
     report_missing(missing, len(records), image_root, path)
     return records
 

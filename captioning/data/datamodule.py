@@ -30,6 +30,7 @@ from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_positions import position_scores
 from captioning.data.transforms import build_transform, data_config, load_image
+from captioning.errors import UserError
 from captioning.metrics.words import ENGLISH, check_language
 from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
@@ -212,21 +213,21 @@ class CaptionDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if shapes_language != "en" and dataset == "shapes" and shapes_level != "basic":
-            raise ValueError(f"data.shapes_language '{shapes_language}' needs data.shapes_level 'basic'")
+            raise UserError(f"data.shapes_language '{shapes_language}' needs data.shapes_level 'basic'")
         if language is not None and dataset == "shapes" and check_language(language) != shapes_language:
-            raise ValueError(f"data.language '{language}' does not match data.shapes_language '{shapes_language}'")
+            raise UserError(f"data.language '{language}' does not match data.shapes_language '{shapes_language}'")
         if language is not None:
             check_language(language)
         if feature_cache and augment:
-            raise ValueError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
+            raise UserError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
         for key, value in (("flip", flip), ("vertical_flip", vertical_flip)):
             if value and feature_cache:
-                raise ValueError(f"data.{key} needs data.feature_cache unset: cached tokens are of unmirrored images")
+                raise UserError(f"data.{key} needs data.feature_cache unset: cached tokens are of unmirrored images")
             if value and format == "litdata":
-                raise ValueError(f"data.{key} works with data.format 'folder' only, not 'litdata'")
+                raise UserError(f"data.{key} works with data.format 'folder' only, not 'litdata'")
         for key in stream_options or {}:
             if key not in STREAM_OPTIONS:
-                raise ValueError(f"data.stream_options.{key}: not one of {', '.join(STREAM_OPTIONS)}")
+                raise UserError(f"data.stream_options.{key}: not one of {', '.join(STREAM_OPTIONS)}")
         self.save_hyperparameters()
         self.tokenizer: CaptionTokenizer | None = None
         self.datasets: dict[str, CaptionDataset] = {}
@@ -280,17 +281,17 @@ class CaptionDataModule(LightningDataModule):
             return load_coco_captions(annotation_path(self.shapes_root, split), Path(self.shapes_root) / split)
         if hp.dataset in ("folder", "parquet"):
             if not hp.root:
-                raise ValueError(f"data.root is required when data.dataset is '{hp.dataset}': the folder of the data")
+                raise UserError(f"data.root is required when data.dataset is '{hp.dataset}': the folder of the data")
             load = load_folder_records if hp.dataset == "folder" else load_parquet_records
             return load(hp.root, split, hp.get("split_fractions"))
         if hp.dataset == "karpathy":
             for field in ("karpathy_file", "root"):
                 if not getattr(hp, field):
-                    raise ValueError(f"data.{field} is required when data.dataset is 'karpathy'")
+                    raise UserError(f"data.{field} is required when data.dataset is 'karpathy'")
             return load_karpathy_split(hp.karpathy_file, hp.root, split, hp.restval_to_train)
         for field in ("annotations", "images"):
             if split not in (getattr(hp, field) or {}):
-                raise ValueError(f"data.{field}.{split} is required when data.dataset is 'coco'")
+                raise UserError(f"data.{field}.{split} is required when data.dataset is 'coco'")
         return load_coco_captions(hp.annotations[split], hp.images[split])
 
     def setup(self, stage: str) -> None:
@@ -336,7 +337,7 @@ class CaptionDataModule(LightningDataModule):
 
     def _stream(self, split: str) -> str:
         if split not in (self.hparams.streams or {}):
-            raise ValueError(f"data.streams.{split} is required when data.format is 'litdata' (captioning prepare)")
+            raise UserError(f"data.streams.{split} is required when data.format is 'litdata' (captioning prepare)")
         return self.hparams.streams[split]
 
     def fill_feature_cache(
@@ -356,7 +357,7 @@ class CaptionDataModule(LightningDataModule):
         """
         hp = self.hparams
         if hp.get("format", "folder") != "folder":
-            raise ValueError(f"data.feature_cache reads image files: it needs data.format 'folder', not '{hp.format}'")
+            raise UserError(f"data.feature_cache reads image files: it needs data.format 'folder', not '{hp.format}'")
         transform = build_transform(hp.encoder, hp.image_size)  # training without augmentation: as evaluation
         config = data_config(hp.encoder, hp.image_size)
         preprocessing = {k: config.get(k) for k in ("input_size", "mean", "std", "interpolation")}

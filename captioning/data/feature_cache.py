@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from captioning.data.coco import ImageRecord, read_json
+from captioning.errors import UserError
 from captioning.files import write_json
 
 FORMAT_VERSION = 1
@@ -97,7 +98,7 @@ class FeatureCache:
         found = read_json(key_file, "feature cache key") if key_file.is_file() else None
         if found != key:
             changed = sorted(k for k in key if found is None or found.get(k) != key[k])
-            raise ValueError(f"feature cache {self.folder} does not match this run (differs in: {', '.join(changed)})")
+            raise UserError(f"feature cache {self.folder} does not match this run (differs in: {', '.join(changed)})")
         index = read_json(self.folder / "index.json", "feature cache index")
         self.rows = {image_id: row for row, image_id in enumerate(index["image_ids"])}
         self.missing = set(index["missing"])
@@ -198,7 +199,7 @@ def _fill(folder: Path, images: Dataset, encoder: nn.Module, batch_size: int, nu
                     position += 1
                 row += 1
         if features is None:
-            raise ValueError(f"feature cache {folder.parent}: none of the {len(images)} images could be read")
+            raise UserError(f"feature cache {folder.parent}: none of the {len(images)} images could be read")
         features.flush()
     finally:
         encoder.train(was_training)
@@ -210,7 +211,7 @@ def _to_float16(tokens: torch.Tensor, folder: Path) -> np.ndarray:
     """Tokens (b, M, C_enc) as float16 numpy; values beyond float16's range would become inf, so they are refused."""
     peak = tokens.abs().max().item()
     if not peak <= FP16_MAX:
-        raise ValueError(f"feature cache {folder.parent}: encoder tokens reach {peak:g}, beyond float16's range")
+        raise UserError(f"feature cache {folder.parent}: encoder tokens reach {peak:g}, beyond float16's range")
     return tokens.half().cpu().numpy()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from captioning.data.coco import ImageRecord, report_missing
 from captioning.data.splits import check_split, split_keys
+from captioning.errors import UserError
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_FIELDS = ("text", "caption", "captions")  # the first one a row has holds its captions
@@ -79,7 +80,7 @@ def find_metadata(folder: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no metadata file in {folder} (expected {' or '.join(METADATA_FILES)})")
     if len(found) > 1:
-        raise ValueError(f"{folder}: both {' and '.join(METADATA_FILES)} are there; keep one")
+        raise UserError(f"{folder}: both {' and '.join(METADATA_FILES)} are there; keep one")
     return found[0]
 
 
@@ -91,20 +92,20 @@ def read_metadata(file: Path) -> dict[str, list[str]]:
         where = f"{file} line {number}"
         images.setdefault(file_name(row, where), []).extend(row_captions(row, where, cells))
     if not images:
-        raise ValueError(f"{file}: no rows")
+        raise UserError(f"{file}: no rows")
     return images
 
 
 def file_name(row: dict, where: str) -> str:
     """A row's image path, relative to its metadata file's folder (normalised: `./a.png` is `a.png`)."""
     if "file_name" not in row:
-        raise ValueError(f"{where}: no field 'file_name'")
+        raise UserError(f"{where}: no field 'file_name'")
     name = row["file_name"]
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: field 'file_name' must be a non-empty string")
+        raise UserError(f"{where}: field 'file_name' must be a non-empty string")
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{where}: field 'file_name' must be a path inside the metadata file's folder, not '{name}'")
+        raise UserError(f"{where}: field 'file_name' must be a path inside the metadata file's folder, not '{name}'")
     return path.as_posix()
 
 
@@ -113,7 +114,7 @@ def row_captions(row: dict, where: str, cells: bool = False) -> list[str]:
     field = next((name for name in CAPTION_FIELDS if name in row), None)
     if field is None:
         expected = ", ".join(f"'{name}'" for name in CAPTION_FIELDS)
-        raise ValueError(f"{where}: no caption field (expected one of {expected})")
+        raise UserError(f"{where}: no caption field (expected one of {expected})")
     return caption_values(row[field], field, where, cells)
 
 
@@ -126,9 +127,9 @@ def caption_values(value, field: str, where: str, cells: bool = False) -> list[s
             pass  # a caption that happens to start with "["
     captions = [value] if isinstance(value, str) else value
     if not isinstance(captions, list) or not all(isinstance(caption, str) for caption in captions):
-        raise ValueError(f"{where}: field '{field}' must be a string or a list of strings")
+        raise UserError(f"{where}: field '{field}' must be a string or a list of strings")
     if not captions or not all(caption.strip() for caption in captions):
-        raise ValueError(f"{where}: field '{field}' holds an empty caption")
+        raise UserError(f"{where}: field '{field}' holds an empty caption")
     return captions
 
 
@@ -140,9 +141,9 @@ def _jsonl_rows(file: Path) -> Iterator[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{file} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            raise UserError(f"{file} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{file} line {number}: expected a JSON object, found {type(row).__name__}")
+            raise UserError(f"{file} line {number}: expected a JSON object, found {type(row).__name__}")
         yield number, row
 
 
@@ -154,11 +155,11 @@ def _csv_rows(file: Path) -> Iterator[tuple[int, dict]]:
         for row in reader:
             yield reader.line_num, {key: value for key, value in row.items() if key is not None and value is not None}
     except csv.Error as error:
-        raise ValueError(f"{file} line {reader.line_num}: not valid CSV ({error})") from None
+        raise UserError(f"{file} line {reader.line_num}: not valid CSV ({error})") from None
 
 
 def _read_text(file: Path, encoding: str) -> str:
     try:
         return file.read_text(encoding=encoding)
     except UnicodeDecodeError as error:
-        raise ValueError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise UserError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from None

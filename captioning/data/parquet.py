@@ -68,11 +68,11 @@ def load_parquet_records(
     if any(named.values()):  # the files are the splits
         images = _image_ids(_read_images(parquet, _files_of_split(named, root, split)), base)
         if not images:
-            raise ValueError(f"{root}: the Parquet files of split '{split}' have no rows")
+            raise UserError(f"{root}: the Parquet files of split '{split}' have no rows")
     else:
         images = _image_ids(_read_images(parquet, files), base)
         if not images:  # nothing to split: no splits.json that later rows would be left out of
-            raise ValueError(f"{root}: no rows")
+            raise UserError(f"{root}: no rows")
         keys = split_keys(base, list(images), split, split_fractions, seed, root)
         images = {image_id: image for image_id, image in images.items() if image_id in keys}
 
@@ -118,7 +118,7 @@ def _files_of_split(named: dict[Path, str | None], root: Path, split: str) -> li
     if not chosen:
         words = ", ".join(f"{word}-*" for word in SPLIT_WORDS[split])
         found = ", ".join(sorted({name for name in named.values() if name}))
-        raise ValueError(f"{root}: no Parquet file of split '{split}' (named {words}); found splits: {found}")
+        raise UserError(f"{root}: no Parquet file of split '{split}' (named {words}); found splits: {found}")
     return chosen
 
 
@@ -139,7 +139,7 @@ def _read_images(parquet, files: list[Path]) -> list[_Image]:
         try:
             reader = parquet.ParquetFile(file)
         except Exception as error:  # pyarrow raises its own kinds (ArrowInvalid, OSError) for a file it cannot read
-            raise ValueError(f"{file}: not a readable Parquet file ({first_line(error)})") from None
+            raise UserError(f"{file}: not a readable Parquet file ({first_line(error)})") from None
         image_column, caption_column = _columns(reader.schema_arrow, file)
         row = 0
         for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=[image_column, caption_column]):
@@ -175,21 +175,21 @@ def _columns(schema, file: Path) -> tuple[str, str]:
     columns = ", ".join(schema.names)
     if image is None:
         expected = ", ".join(f"'{name}'" for name in IMAGE_COLUMNS)
-        raise ValueError(f"{file}: no image column (expected one of {expected}; the file has {columns})")
+        raise UserError(f"{file}: no image column (expected one of {expected}; the file has {columns})")
     if caption is None:
         expected = ", ".join(f"'{name}'" for name in CAPTION_FIELDS)
-        raise ValueError(f"{file}: no caption column (expected one of {expected}; the file has {columns})")
+        raise UserError(f"{file}: no caption column (expected one of {expected}; the file has {columns})")
     image_type, caption_type = schema.field(image).type, schema.field(caption).type
     binary = (pa.types.is_binary, pa.types.is_large_binary)
     if not (any(test(image_type) for test in binary) or _is_image_struct(image_type)):
-        raise ValueError(f"{file}: column '{image}' must hold images (HF's Image struct or binary), not {image_type}")
+        raise UserError(f"{file}: column '{image}' must hold images (HF's Image struct or binary), not {image_type}")
     text = (pa.types.is_string, pa.types.is_large_string)
     listed = (pa.types.is_list, pa.types.is_large_list)
     if not (
         any(test(caption_type) for test in text)
         or (any(test(caption_type) for test in listed) and any(test(caption_type.value_type) for test in text))
     ):
-        raise ValueError(f"{file}: column '{caption}' must hold strings or lists of strings, not {caption_type}")
+        raise UserError(f"{file}: column '{caption}' must hold strings or lists of strings, not {caption_type}")
     return image, caption
 
 
@@ -207,7 +207,7 @@ def _image_value(value, column: str, where: str) -> tuple[str | None, bytes | No
     """(path, bytes) of a row's image: an Image struct {"bytes", "path"}, or the bytes themselves."""
     path, data = (value.get("path"), value.get("bytes")) if isinstance(value, dict) else (None, value)
     if data is None and not path:
-        raise ValueError(f"{where}: field '{column}' holds no image (neither bytes nor a path)")
+        raise UserError(f"{where}: field '{column}' holds no image (neither bytes nor a path)")
     return path or None, data
 
 

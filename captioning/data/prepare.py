@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from captioning.data.streaming import CAPTIONS_FILE, MANIFEST_FILE, PackRecord, coco_captions, is_remote
+from captioning.errors import UserError
 from captioning.files import write_json
 
 SPLITS = ("train", "val", "test")
@@ -73,7 +74,7 @@ def data_settings(args: argparse.Namespace) -> tuple[dict, str, int | None]:
     known = set(inspect.signature(CaptionDataModule.__init__).parameters) - {"self"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{args.config}: unknown data setting '{unknown[0]}'")
+        raise UserError(f"{args.config}: unknown data setting '{unknown[0]}'")
     for flag, key in (("dataset", "dataset"), ("root", "root"), ("karpathy_file", "karpathy_file")):
         if getattr(args, flag):
             data[key] = getattr(args, flag)
@@ -108,9 +109,9 @@ def _read_config(path: str) -> dict:
     try:
         config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{file}: not a valid YAML file ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{file}: not a valid YAML file ({str(error).splitlines()[0]})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{file}: expected a mapping at the top level")
+        raise UserError(f"{file}: expected a mapping at the top level")
     return config
 
 
@@ -154,14 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs `captioning prepare` (`argv` excludes the word "prepare"); returns the exit status."""
     args = build_parser().parse_args(argv)
     if is_remote(args.out):
-        raise ValueError(f"--out {args.out}: pack into a local folder, then copy it (e.g. `aws s3 sync DIR URL`)")
+        raise UserError(f"--out {args.out}: pack into a local folder, then copy it (e.g. `aws s3 sync DIR URL`)")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out}: not an empty folder; choose a new one or delete it")
+        raise UserError(f"--out {out}: not an empty folder; choose a new one or delete it")
     if args.size is not None and args.size < 8:
-        raise ValueError(f"--size {args.size}: must be at least 8 pixels")
+        raise UserError(f"--size {args.size}: must be at least 8 pixels")
     if not 1 <= args.quality <= 100:
-        raise ValueError(f"--quality {args.quality}: must be between 1 and 100")
+        raise UserError(f"--quality {args.quality}: must be between 1 and 100")
 
     from captioning.data.datamodule import CaptionDataModule
 

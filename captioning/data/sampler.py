@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from captioning.errors import UserError
+
 
 def default_seed() -> int:
     """The seed of `seed_everything` (Lightning exports it to every process), else 0 like `DistributedSampler`: all
@@ -97,7 +99,7 @@ class ResumableSampler(DistributedSampler):
         """Continues the saved epoch at the next unseen sample, also with another number of processes: the first
         k * R samples of a permutation are exactly the first k of each of R strided shards."""
         if state["dataset_size"] != len(self.dataset):
-            raise ValueError(
+            raise UserError(
                 f"cannot resume mid-epoch: the training set has {len(self.dataset)} images, the checkpoint's "
                 f"sampler was saved over {state['dataset_size']}; resume with the same training data"
             )

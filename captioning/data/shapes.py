@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from captioning.errors import UserError
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
            "purple": (150, 60, 190)}  # fmt: skip
 KINDS = ("circle", "square", "triangle", "diamond")
@@ -57,7 +59,7 @@ def ensure_shapes(
 
 def _check_language(language: str) -> str:
     if language not in LANGUAGES:
-        raise ValueError(f"shapes captions in language {language!r}: expected one of {', '.join(LANGUAGES)}")
+        raise UserError(f"shapes captions in language {language!r}: expected one of {', '.join(LANGUAGES)}")
     return language
 
 

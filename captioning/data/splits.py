@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from captioning.data.coco import read_json
+from captioning.errors import UserError
 from captioning.files import write_json
 
 SPLITS = ("train", "val", "test")
@@ -21,7 +22,7 @@ _warned: set[tuple] = set()  # one warning per file and reason, though each spli
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split '{split}': not one of {', '.join(SPLITS)}")
+        raise UserError(f"split '{split}': not one of {', '.join(SPLITS)}")
 
 
 def check_fractions(fractions: dict[str, float] | None) -> dict[str, float]:
@@ -30,12 +31,12 @@ def check_fractions(fractions: dict[str, float] | None) -> dict[str, float]:
         return dict(DEFAULT_FRACTIONS)
     unknown = sorted(set(fractions) - set(SPLITS))
     if unknown:
-        raise ValueError(f"split_fractions: '{unknown[0]}' is not one of {', '.join(SPLITS)}")
+        raise UserError(f"split_fractions: '{unknown[0]}' is not one of {', '.join(SPLITS)}")
     if any(not isinstance(value, (int, float)) or value < 0 for value in fractions.values()):
-        raise ValueError(f"split_fractions {fractions}: each fraction must be a number >= 0")
+        raise UserError(f"split_fractions {fractions}: each fraction must be a number >= 0")
     total = sum(fractions.values())
     if total <= 0:
-        raise ValueError(f"split_fractions {fractions}: at least one fraction must be above 0")
+        raise UserError(f"split_fractions {fractions}: at least one fraction must be above 0")
     return {split: fractions.get(split, 0) / total for split in SPLITS}
 
 
@@ -102,7 +103,7 @@ def split_keys(
     chosen = set(splits[split]) & present
     if not chosen:
         counts = ", ".join(f"{name} {len(set(splits[name]) & present)}" for name in SPLITS)
-        raise ValueError(f"{source}: split '{split}' has no images ({len(present)} split as {counts}; see {file})")
+        raise UserError(f"{source}: split '{split}' has no images ({len(present)} split as {counts}; see {file})")
     return chosen
 
 
@@ -112,7 +113,7 @@ def _read_splits(file: Path) -> tuple[dict, dict[str, list[str]]]:
     for split in SPLITS:
         names = data.get(split, [])
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            raise ValueError(f"{file}: field '{split}' must be a list of image names; delete the file to split again")
+            raise UserError(f"{file}: field '{split}' must be a list of image names; delete the file to split again")
     return data, {split: data.get(split, []) for split in SPLITS}
 
 

@@ -23,7 +23,7 @@ from torchvision import transforms as T
 
 from captioning.data.coco import ImageRecord, read_json
 from captioning.data.transforms import load_image
-from captioning.errors import first_line
+from captioning.errors import UserError, first_line
 
 CAPTIONS_FILE = "captions.json"  # the split's references, COCO captions format
 MANIFEST_FILE = "manifest.json"  # how the split was packed: image size, count, source
@@ -121,7 +121,7 @@ class CaptionStreamingLoader(StreamingDataLoader):
     """
 
     def __iter__(self):
-        if self.restore and self._num_samples_yielded_streaming >= len(self.dataset):
+        if self.restore and self.state_dict()["num_samples_yielded"] >= len(self.dataset):
             self.restore = False  # the resumed epoch has been drawn to its end: the next one starts afresh
         yield from super().__iter__()
 
@@ -183,7 +183,7 @@ def load_packed_records(input_dir: str, storage_options: dict | None = None) -> 
             for image in data["images"]
         ]
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a COCO captions file written by captioning prepare (missing {error})") from None
+        raise UserError(f"{path}: not a COCO captions file written by captioning prepare (missing {error})") from None
 
 
 def coco_captions(records: list[ImageRecord]) -> dict:

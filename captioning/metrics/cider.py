@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from captioning.errors import UserError
 from captioning.metrics.bleu import run_starts
 from captioning.metrics.ngrams import NgramCounts
 from captioning.metrics.references import ReferenceSet
@@ -160,7 +161,7 @@ class CiderD:
         language: str = ENGLISH,
     ) -> None:
         if not references:
-            raise ValueError("CiderD needs at least one image with references")
+            raise UserError("CiderD needs at least one image with references")
         self.language = check_language(language)
         self.text = _is_text(references)
         self.end_id = end_id
@@ -209,7 +210,7 @@ class CiderD:
         try:
             images = self.refs.images_of(list(image_ids))
         except KeyError as err:
-            raise ValueError(str(err.args[0])) from None
+            raise UserError(str(err.args[0])) from None
         counts, lengths, _ = self.refs.encode(self._candidate_tokens(candidates))
         return self.scorer.score(counts, images, lengths)
 
@@ -243,6 +244,6 @@ def _is_text(references: Mapping) -> bool:
     """Whether references hold caption strings (rather than token lists)."""
     for refs in references.values():
         if isinstance(refs, str) or len(refs) == 0:
-            raise ValueError("each image needs a non-empty list of references")
+            raise UserError("each image needs a non-empty list of references")
         return isinstance(refs[0], str)
     return True

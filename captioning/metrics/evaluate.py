@@ -15,12 +15,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from captioning.errors import UserError
 from captioning.files import write_json
 from captioning.metrics.scorer import FAMILIES, CaptionScorer, metric_families
 from captioning.metrics.words import ENGLISH, check_language, split_lines
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input: the message names the file, the field or the value."""
 
 
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         language = check_language(args.language)
         references = load_annotations(args.annotations)
         predictions = load_results(args.results, references)
-    except ValueError as err:
+    except UserError as err:  # bad input; a plain ValueError is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     left_out = len(references) - len(predictions)

@@ -13,6 +13,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from captioning.errors import UserError
 from captioning.metrics.bleu import bleu_scores, bleu_statistics, max_reference_counts
 from captioning.metrics.cider import CiderDScorer, CiderIdf
 from captioning.metrics.java import Unavailable
@@ -49,7 +50,7 @@ def metric_families(metrics: Sequence[str] | None) -> list[str]:
     for name in metrics:
         family = _ALIASES.get(str(name).lower())
         if family is None:
-            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(FAMILIES)}")
+            raise UserError(f"unknown metric {name!r}; choose from {', '.join(FAMILIES)}")
         chosen.add(family)
     return [f for f in FAMILIES if f in chosen]
 
@@ -59,10 +60,10 @@ def _check_references(references: Mapping[Hashable, Sequence[str]]) -> None:
         raise TypeError("references must be a mapping {image_id: [caption, ...]}")
     for image_id, refs in references.items():
         if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
-            raise ValueError(f"image {image_id!r}: references must be a non-empty list of captions")
+            raise UserError(f"image {image_id!r}: references must be a non-empty list of captions")
         if not all(type(ref) is str for ref in refs):
             bad = next(ref for ref in refs if not isinstance(ref, str))
-            raise ValueError(f"image {image_id!r}: reference {bad!r} is not a string")
+            raise UserError(f"image {image_id!r}: reference {bad!r} is not a string")
 
 
 def _check_predictions(predictions: Mapping[Hashable, str]) -> dict[Hashable, str]:
@@ -74,7 +75,7 @@ def _check_predictions(predictions: Mapping[Hashable, str]) -> dict[Hashable, st
             if isinstance(caption, Sequence) and len(caption) == 1 and isinstance(caption[0], str):
                 caption = caption[0]
             else:
-                raise ValueError(f"image {image_id!r}: the prediction must be one caption string, got {caption!r}")
+                raise UserError(f"image {image_id!r}: the prediction must be one caption string, got {caption!r}")
         out[image_id] = caption
     return out
 
@@ -141,12 +142,12 @@ class CaptionScorer:
         """
         predictions = _check_predictions(predictions)
         if not predictions:
-            raise ValueError("no predictions to score")
+            raise UserError("no predictions to score")
         image_ids = list(predictions)
         try:
             images = self.refs.images_of(image_ids)
         except KeyError as err:
-            raise ValueError(str(err.args[0])) from None
+            raise UserError(str(err.args[0])) from None
         cands = split_lines([predictions[i] for i in image_ids], self.language)
         overall: dict[str, float] = {}
         table: dict[str, np.ndarray | list[float]] = {}
@@ -266,6 +267,6 @@ def score_captions(
         raise TypeError("references must be a mapping {image_id: [caption, ...]}")
     missing = [i for i in predictions if i not in references]
     if missing:
-        raise ValueError(f"image id {missing[0]!r} has no references ({len(missing)} such images)")
+        raise UserError(f"image id {missing[0]!r} has no references ({len(missing)} such images)")
     subset = {i: references[i] for i in predictions}  # in the results' order, as pycocoevalcap tokenizes them
     return CaptionScorer(subset, metrics, language=language).score(predictions, per_image=per_image)

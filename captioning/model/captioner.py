@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from captioning.errors import UserError
 from captioning.model.decoder import TextDecoder
 from captioning.model.encoder import ImageEncoder
 from captioning.model.focus import grid_coordinates
@@ -48,7 +49,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
         return cls(**values)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from captioning.errors import UserError
 from captioning.model.decoder import TextDecoder
 
 
@@ -201,11 +202,11 @@ def sample_decode(
         (B * num_samples) captions, the samples of image b in rows b * num_samples onwards.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}; use greedy decoding for temperature 0")
+        raise UserError(f"temperature must be positive, got {temperature}; use greedy decoding for temperature 0")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+        raise UserError(f"top_k must be >= 0, got {top_k}")
 
     def choose(log_probs: Tensor) -> Tensor:
         logits = log_probs / temperature  # (R, V)
@@ -268,7 +269,7 @@ def beam_search(
         The best caption of each image (B, L); `log_probs` is its summed log-probability.
     """
     if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        raise UserError(f"beam_size must be >= 1, got {beam_size}")
     B, K, device = memory.size(0), beam_size, memory.device
     G = K + 1 if include_greedy and K > 1 else K  # rows per image: K beams, then the greedy row if any
     R = B * G  # the rows of image b are b*G .. b*G+G-1, so that they share its cross-attention K, V

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from captioning.errors import UserError
+
 MEMORY_POSITIONS = ("sincos", "rowcol")
 
 
@@ -34,7 +36,7 @@ class MemoryPositions(nn.Module):
     def __init__(self, kind: str, grid_size: tuple[int, int], num_prefix: int, dim: int) -> None:
         super().__init__()
         if kind not in MEMORY_POSITIONS:
-            raise ValueError(f"model.memory_positions: '{kind}' is not one of sincos, rowcol, learned")
+            raise UserError(f"model.memory_positions: '{kind}' is not one of sincos, rowcol, learned")
         self.kind, self.grid_size, self.num_prefix = kind, tuple(grid_size), num_prefix
         H, W = self.grid_size
         if kind == "sincos":
@@ -67,7 +69,7 @@ def sincos_2d(height: int, width: int, dim: int) -> Tensor:
     positions with the usual base of 10,000 would leave most of them constant on a 4x4 grid.
     """
     if dim % 4:
-        raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")
+        raise UserError(f"sine-cosine positions need a width divisible by 4, got {dim}")
     quarter = dim // 4
 
     def encode(size: int) -> Tensor:  # (size, D/2)

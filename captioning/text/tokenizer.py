@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from captioning.errors import UserError
 from captioning.metrics.words import ENGLISH, check_language, join_words, split_lines
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
@@ -33,7 +34,7 @@ class CaptionTokenizer:
         self.tokenizer, self.language = tokenizer, check_language(language)
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (tokenizer.token_to_id(t) for t in (PAD, BOS, EOS, UNK))
         if None in (self.pad_id, self.bos_id, self.eos_id, self.unk_id):
-            raise ValueError(f"tokenizer lacks one of the special tokens {PAD} {BOS} {EOS} {UNK}")
+            raise UserError(f"tokenizer lacks one of the special tokens {PAD} {BOS} {EOS} {UNK}")
         # Tokenizers saved before PTB words have a normalizer that lower-cases and turns punctuation into spaces:
         # they keep reading raw captions through it, as they were trained
         self.ptb = tokenizer.normalizer is None

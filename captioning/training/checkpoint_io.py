@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import fsspec.utils
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from captioning.checkpoint import UNREADABLE, missing_entries, refuse_other_files, unreadable
@@ -33,7 +33,8 @@ def _fsync_directory(folder: Path) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):  # object stores write whole objects
+        # Object stores (s3://...) write whole objects: only a local file is written beside and renamed.
+        if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")

@@ -138,6 +138,11 @@ class CaptioningCLI(LightningCLI):
                 trainer.loggers = [csv, TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version)]
         return trainer
 
+    def after_instantiate_classes(self) -> None:
+        path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if path and Path(path).is_file():  # not Lightning's "best" and "last": those are read as Lightning finds them
+            self.model.restore_from = str(path)  # its model, not init_from's (which may be gone): see configure_model
+
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)

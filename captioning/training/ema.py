@@ -14,6 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from captioning.errors import UserError
+
 
 class WeightAverage(nn.Module):
     """Holds `model`'s averaged copy; its state (weights and update count) goes into checkpoints with the module.
@@ -26,7 +28,7 @@ class WeightAverage(nn.Module):
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"model.ema_decay must be between 0 and 1, got {decay}")
+            raise UserError(f"model.ema_decay must be between 0 and 1, got {decay}")
         self.decay = decay
         self.model = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.float32))

@@ -65,7 +65,8 @@ class CaptioningModule(LightningModule):
             block before looked, so that a word can compare two places ("above", "left of"); see `model.focus`.
         label_smoothing: cross-entropy label smoothing.
         init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
-            SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead.
+            SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead,
+            from that checkpoint alone: this one may be gone by then.
         optimizer: optimizer factory, given the parameter groups; its learning rate is the decoder's.
         encoder_lr_scale: the encoder's learning rate as a share of the optimizer's.
         layer_decay: layer-wise learning-rate decay for the encoder trunk (e.g. 0.75): each layer below the top gets
@@ -122,7 +123,7 @@ class CaptioningModule(LightningModule):
     ) -> None:
         super().__init__()
         if scst and scst_baseline == "mean" and scst_samples < 2:
-            raise ValueError(f"model.scst_samples must be at least 2 with the 'mean' baseline, got {scst_samples}")
+            raise UserError(f"model.scst_samples must be at least 2 with the 'mean' baseline, got {scst_samples}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model: CaptioningModel | None = None
@@ -140,21 +141,24 @@ class CaptioningModule(LightningModule):
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
         self._training_data: dict | None = None  # kept in checkpoints (see `CaptionDataModule.training_data`)
+        # The checkpoint that the trainer will restore (`--ckpt_path`, set by the CLI): the model is built from it, so
+        # a resumed SCST run no longer needs its `init_from` checkpoint.
+        self.restore_from: str | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
-        """Builds the model for a new run: from `init_from`, or from the hyper-parameters and the datamodule's
-        tokenizer. A resumed run's model is rebuilt from its own checkpoint (`on_load_checkpoint`), which Lightning
-        reads after this hook."""
+        """Builds the model: from `restore_from` (its weights follow in `on_load_checkpoint`, which Lightning calls
+        after this hook), else from `init_from`, else from the hyper-parameters and the datamodule's tokenizer."""
         if self.model is not None:
             return
         hp = self.hparams
         if hp.scst and not hp.init_from and self.trainer.state.fn == "fit":
             rank_zero_warn("model.scst without model.init_from: self-critical training starts from random weights")
-        if hp.init_from:
-            config, tokenizer, state = load_checkpoint(hp.init_from)
+        if self.restore_from or hp.init_from:
+            config, tokenizer, state = load_checkpoint(self.restore_from or hp.init_from, mmap=True)
             self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
-            self.model.load_state_dict(state)
+            if not self.restore_from:
+                self.model.load_state_dict(state)
             self._start_average()  # from the weights it starts from
             return
         datamodule = self.trainer.datamodule
@@ -202,10 +206,10 @@ class CaptioningModule(LightningModule):
         if not self._feature_cache_wanted():
             return
         if not self.model.config.freeze_encoder:
-            raise ValueError("data.feature_cache needs model.freeze_encoder true: a trained encoder's tokens change")
+            raise UserError("data.feature_cache needs model.freeze_encoder true: a trained encoder's tokens change")
         strategy = self.trainer.strategy
         if strategy.restore_checkpoint_after_setup:  # a resumed run's encoder would arrive after its tokens
-            raise ValueError(f"data.feature_cache does not work with {type(strategy).__name__}: use ddp or one device")
+            raise UserError(f"data.feature_cache does not work with {type(strategy).__name__}: use ddp or one device")
         datamodule, keys = self.trainer.datamodule, None
         if strategy.is_global_zero:
             encoder = self.model.encoder.to(strategy.root_device)
@@ -269,7 +273,7 @@ class CaptioningModule(LightningModule):
         """Optimizer steps in one epoch, as Lightning counts them (not total / max_epochs: max_steps may cut a run)."""
         batches = self.trainer.num_training_batches
         if not math.isfinite(batches):
-            raise ValueError("model.encoder_frozen_epochs needs training data of known length (epochs to count)")
+            raise UserError("model.encoder_frozen_epochs needs training data of known length (epochs to count)")
         return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------------------------------------------- training

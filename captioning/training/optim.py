@@ -15,6 +15,7 @@ from timm.models import group_parameters
 from torch import nn
 from torch.optim import Optimizer
 
+from captioning.errors import UserError
 from captioning.model.captioner import CaptioningModel
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam, AdamW and SGD kernels
@@ -56,7 +57,7 @@ def parameter_groups(
         groups, `weight_decay=0.0`. Every trainable parameter is in exactly one group.
     """
     if layer_decay is not None and not 0 < layer_decay <= 1:
-        raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
+        raise UserError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
     trunk = model.encoder.trunk
     trunk_names = {id(p): name for name, p in trunk.named_parameters() if p.requires_grad}
     trunk_no_decay = list(getattr(trunk, "no_weight_decay", set)())

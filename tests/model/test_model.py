@@ -62,23 +62,28 @@ def test_attention_weights_path_equals_fused_kernel():
 
 
 def test_cached_greedy_decoding_equals_recomputing_every_step(model):
-    images = torch.randn(3, 3, 64, 64)
+    images, steps = torch.randn(3, 3, 64, 64), 12
     with torch.no_grad():
         memory = model.encode(images)
-        cached = greedy_decode(model.decoder, memory, bos_id=1, eos_id=2, pad_id=0, max_length=12)
-        tokens = torch.ones(3, 1, dtype=torch.long)
-        log_probs = torch.zeros(3)
-        for _ in range(cached.tokens.size(1)):  # from scratch: the whole prefix at every step
-            step = model.decoder(tokens, memory)[:, -1].log_softmax(-1)
+        tokens = torch.ones(3, 1, dtype=torch.long)  # (3, 1): the start token
+        chosen = []
+        for _ in range(steps):  # from scratch: the whole prefix at every step, whatever the rows write
+            step = model.decoder(tokens, memory)[:, -1].log_softmax(-1)  # (3, V)
             token = step.argmax(-1)
-            log_probs += step.gather(1, token[:, None]).squeeze(1)
+            chosen.append(step.gather(1, token[:, None]).squeeze(1))
             tokens = torch.cat([tokens, token[:, None]], dim=1)
-    # No caption ends early with random weights unless it emits EOS; compare the prefix up to each EOS.
-    for row in range(3):
-        length = int(cached.lengths[row])
-        assert cached.tokens[row, :length].tolist() == tokens[row, 1 : length + 1].tolist()
-    if bool((cached.lengths == cached.tokens.size(1)).all()):
-        torch.testing.assert_close(cached.log_probs, log_probs, rtol=1e-5, atol=1e-5)
+        tokens, chosen = tokens[:, 1:], torch.stack(chosen, dim=1)  # (3, steps) each
+        # The end token is a word that the first caption writes, so that the captions end at different steps.
+        eos = next(int(t) for t in tokens[0, 1:] if t > 1)
+        cached = greedy_decode(model.decoder, memory, bos_id=1, eos_id=eos, pad_id=0, max_length=steps)
+    ends = [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else steps for row in tokens]
+    assert min(ends) < steps  # some caption ends early: its log-probability stops at its end token
+    assert cached.lengths.tolist() == ends
+    for row, length in enumerate(ends):
+        assert cached.tokens[row, :length].tolist() == tokens[row, :length].tolist()
+        assert (cached.tokens[row, length:] == 0).all()  # padding after the end
+    counted = torch.arange(steps) < torch.tensor(ends)[:, None]  # (3, steps): each caption's own tokens
+    torch.testing.assert_close(cached.log_probs, (chosen * counted).sum(dim=1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

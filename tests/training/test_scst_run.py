@@ -4,6 +4,7 @@ starts from the checkpoint's weights and tokenizer with a fresh optimizer, and l
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import torch
@@ -49,3 +50,22 @@ def test_scst_trains_under_ddp_with_two_processes(tmp_path, shapes_root, checkpo
     start = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert end["global_step"] == 96 // 16 // 2  # each process took half of the batches
     assert any(not torch.equal(end["state_dict"][k], start["state_dict"][k]) for k in start["state_dict"])
+
+
+def test_a_resumed_scst_run_needs_only_its_own_checkpoint(tmp_path, shapes_root, checkpoint):
+    # A copy: the XE checkpoint is deleted before resuming, as a user cleaning up old runs would.
+    xe = tmp_path / "xe.ckpt"
+    shutil.copy(checkpoint, xe)
+    runs = tmp_path / "runs"
+    args = tiny_args("fit", shapes_root, runs, f"--model.init_from={xe}", "--model.scst=true", "--model.scst_samples=2")
+    args += ["--test_after_fit=false", "--data.batch_size=32"]  # 3 steps an epoch
+    first = run_cli(*args, "--trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (version,) = (runs / "shapes").iterdir()
+    last = version / "checkpoints" / "last.ckpt"
+    xe.unlink()
+    resumed = run_cli(*args, "--trainer.max_epochs=2", f"--ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    end = torch.load(last, map_location="cpu", weights_only=True)
+    assert end["global_step"] == 2 * 96 // 32 and end["epoch"] == 1  # the second epoch ran, in the same run
+    assert end["hyper_parameters"]["init_from"] == str(xe)  # the run still records where it started from
