@@ -38,6 +38,7 @@ class ModelConfig:
     memory_positions: str = "sincos"
     memory_layers: int = 0
     focus_offsets: bool = True
+    head_offsets: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +46,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
         # checkpoints from before these options: a learned position table, blocks that do not pass on their focus
-        values = {"memory_positions": "learned", "focus_offsets": False, **values}
+        values = {"memory_positions": "learned", "focus_offsets": False, "head_offsets": False, **values}
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -81,6 +82,7 @@ class CaptioningModel(nn.Module):
             max_length=config.max_length,
             dropout=config.dropout,
             memory_grid=grid_coordinates(grid, prefix) if config.focus_offsets else None,
+            head_offsets=config.head_offsets,
         )
 
     def compile_parts(self, **options) -> None:

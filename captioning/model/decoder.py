@@ -32,18 +32,25 @@ class MLP(nn.Module):
 class DecoderBlock(nn.Module):
     """Causal self-attention over the caption, cross-attention to the image memory, then an MLP; all pre-norm.
 
-    With `focus`, the block also adds where its heads looked relative to the previous block's focus (see `focus`).
+    With `focus`, the block also adds where its heads looked relative to the previous block's focus, and with
+    `between_heads` relative to each other (see `focus`).
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, focus: bool = False
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        focus: bool = False,
+        between_heads: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, num_heads, dropout=dropout)
-        self.focus = FocusOffsets(dim, num_heads) if focus else None
+        self.focus = FocusOffsets(dim, num_heads, between_heads) if focus else None
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
@@ -101,6 +108,7 @@ class TextDecoder(nn.Module):
         max_length: int = 32,
         dropout: float = 0.1,
         memory_grid: Tensor | None = None,
+        head_offsets: bool = False,
     ) -> None:
         super().__init__()
         self.max_length = max_length
@@ -108,7 +116,8 @@ class TextDecoder(nn.Module):
         self.pos_embed = nn.Embedding(max_length, dim)
         self.drop = nn.Dropout(dropout)
         focus = memory_grid is not None
-        self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, mlp_ratio, dropout, focus) for _ in range(depth))
+        block = dict(mlp_ratio=mlp_ratio, dropout=dropout, focus=focus, between_heads=focus and head_offsets)
+        self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, **block) for _ in range(depth))
         # the memory tokens' `grid_coordinates` (M, 3), for blocks that report where they looked; None: they do not
         self.register_buffer("memory_grid", memory_grid, persistent=False)
         self.norm = nn.LayerNorm(dim)

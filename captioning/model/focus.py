@@ -6,8 +6,11 @@ to the MLP. Measured on the built-in shapes, a decoder that way learnt on which 
 round: "A above B" against its foil "A below B" stayed at chance in every run, 6 or 16 epochs. So each block also
 reports where each of its heads looked (the attention-weighted grid coordinates) and adds a learned projection of each
 head's offset from where the block before it looked: "the shape I look at now is below the one I looked at" becomes a
-linear read-out. A cousin of the geometry terms of relation-aware captioners (Herdade et al., 2019, "Image
-Captioning: Transforming Objects into Words"), taken relative to the decoder's own focus instead of to object boxes.
+linear read-out. With `between_heads`, a block also adds each head's place relative to each other head's in the same
+block: one head on the shape just named, another spread over all the shapes, and "above" or "below" is the sign of
+their difference, read in one block instead of compared across two (see the README's measurements). A cousin of the
+geometry terms of relation-aware captioners (Herdade et al., 2019, "Image Captioning: Transforming Objects into
+Words"), taken relative to the decoder's own focus instead of to object boxes.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ class FocusOffsets(nn.Module):
     Args:
         dim: the decoder's width D.
         num_heads: the cross-attention's heads.
+        between_heads: also add each head's place relative to each other head's (nh * (nh - 1) / 2 pairs).
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, between_heads: bool = False) -> None:
         super().__init__()
         self.proj = nn.Linear(2 * num_heads, dim)
+        pairs = torch.triu_indices(num_heads, num_heads, offset=1)  # (2, P): head i < head j
+        self.register_buffer("pairs", pairs, persistent=False)
+        self.between = nn.Linear(2 * pairs.size(1), dim, bias=False) if between_heads else None
 
     def forward(self, found: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor]:
         """
@@ -48,4 +55,8 @@ class FocusOffsets(nn.Module):
         """
         places = found[..., :2] / found[..., 2:].clamp_min(1e-6)  # (B*G, nh, T, 2): the mean over grid tokens only
         offsets = places if previous is None else places - previous[:, None]
-        return self.proj(offsets.transpose(1, 2).flatten(2)), places.mean(dim=1)
+        added = self.proj(offsets.transpose(1, 2).flatten(2))
+        if self.between is not None:
+            between = places[:, self.pairs[0]] - places[:, self.pairs[1]]  # (B*G, P, T, 2)
+            added = added + self.between(between.transpose(1, 2).flatten(2))
+        return added, places.mean(dim=1)

@@ -63,6 +63,8 @@ class CaptioningModule(LightningModule):
             them, so that each token learns where the others are ("above", "left of").
         focus_offsets: each decoder block adds where its cross-attention heads looked, as offsets from where the
             block before looked, so that a word can compare two places ("above", "left of"); see `model.focus`.
+        head_offsets: with focus_offsets, each block also adds where each of its heads looked relative to each other
+            head: "the shape named" against "all the shapes" gives "above" or "below" in one block.
         label_smoothing: cross-entropy label smoothing.
         init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
             SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead,
@@ -103,6 +105,7 @@ class CaptioningModule(LightningModule):
         memory_positions: Literal["sincos", "rowcol", "learned"] = "sincos",
         memory_layers: int = 0,
         focus_offsets: bool = True,
+        head_offsets: bool = True,
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -165,7 +168,7 @@ class CaptioningModule(LightningModule):
         if datamodule is not None and datamodule.tokenizer is not None:
             architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
             architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
-            architecture += ("memory_layers", "focus_offsets")
+            architecture += ("memory_layers", "focus_offsets", "head_offsets")
             config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
             self._start_average()

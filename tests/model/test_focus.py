@@ -1,4 +1,5 @@
-"""Focus offsets: each decoder block reports where its heads looked, and checkpoints from before still load."""
+"""Focus offsets: each decoder block reports where its heads looked (and where each head looked relative to the
+others), and checkpoints from before still load."""
 
 from __future__ import annotations
 
@@ -33,6 +34,20 @@ def test_a_head_that_looks_at_one_cell_reports_that_cell_and_its_offset_from_the
     assert place.tolist() == [[[0.0, 0.0]]]  # the heads' places, averaged: top-left and bottom-right
 
 
+def test_head_offsets_are_each_heads_place_minus_each_later_heads_and_change_sign_when_they_swap():
+    grid = grid_coordinates((3, 3), num_prefix=0)
+    weights = torch.zeros(1, 3, 1, 9)  # three heads on the top-left, the centre, the bottom-left cell
+    weights[0, 0, 0, 0], weights[0, 1, 0, 4], weights[0, 2, 0, 6] = 1.0, 1.0, 1.0
+    focus = FocusOffsets(dim=6, num_heads=3, between_heads=True)
+    focus.proj = torch.nn.Linear(6, 6, bias=False)
+    torch.nn.init.zeros_(focus.proj.weight)  # only the offsets between heads
+    focus.between.weight.data = torch.eye(6)
+    added, _ = focus(weights @ grid, previous=None)
+    assert added.tolist() == [[[-1.0, -1.0, -2.0, 0.0, -1.0, 1.0]]]  # heads 0-1, 0-2, 1-2: (row, column) each
+    swapped, _ = focus(weights[:, [1, 0, 2]] @ grid, previous=None)
+    assert swapped[0, 0, :2].tolist() == [1.0, 1.0]  # "above" became "below": one sign, read in one block
+
+
 def test_step_by_step_decoding_and_the_attention_pass_compute_the_full_pass():
     for encoder in ("test_resnet", "test_vit"):  # a CNN grid, and a ViT's class token before its grid
         model = tiny(encoder)
@@ -59,3 +74,6 @@ def test_where_the_heads_look_changes_the_next_word_and_checkpoints_from_before_
     old = ModelConfig.from_dict({"vocab_size": 20, "encoder": "test_resnet", "image_size": 64, "dim": 32})
     assert not old.focus_offsets  # a checkpoint written before the option: plain blocks, as it was trained
     assert not any(".focus." in key for key in CaptioningModel(old).state_dict())
+    focus_only = ModelConfig.from_dict({**old.to_dict(), "focus_offsets": True})  # yesterday's focus checkpoints
+    assert not focus_only.head_offsets and not any(".between." in k for k in CaptioningModel(focus_only).state_dict())
+    assert any(".focus.between." in key for key in model.state_dict())  # new models compare their heads
