@@ -36,7 +36,8 @@ def test_print_config_shows_the_resolved_config_with_linked_values():
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["encoder"] == "test_resnet" and printed["trainer"]["max_epochs"] == 16
-    assert printed["checkpoint"]["monitor"] == "val/position_accuracy" and printed["last_checkpoint"]["filename"] == "last"
+    assert printed["checkpoint"]["monitor"] == "val/position_accuracy"  # the shapes' own check, not CIDEr-D
+    assert printed["last_checkpoint"]["filename"] == "last"
 
 
 # Each config's own model (encoder family, width, depth, optimizer, schedule) takes one real optimizer step on a few

@@ -97,3 +97,17 @@ def test_litdata_loader_still_marks_a_resumed_epoch_with_restore():
     # The number of samples the resumed epoch has drawn, read through the public state_dict.
     api = "litdata.StreamingDataLoader.state_dict()['num_samples_yielded']"
     require(calls(StreamingDataLoader.state_dict, '"num_samples_yielded"'), api, "is gone", dependant)
+
+
+def test_model_checkpoint_still_reads_its_metrics_through_monitor_candidates():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    api = "lightning.pytorch.callbacks.ModelCheckpoint._monitor_candidates"
+    dependant = (
+        "BestCheckpoint (captioning/training/best_checkpoint.py: a monitor the data does not log reads val/CIDEr)"
+    )
+    method = getattr(ModelCheckpoint, "_monitor_candidates", None)
+    require(method is not None, api, "is gone", dependant)
+    require(parameters(method) == ["self", "trainer"], api, f"takes {parameters(method)}", dependant)
+    for hook in (ModelCheckpoint.on_validation_end, ModelCheckpoint.on_train_epoch_end):
+        require(calls(hook, "self._monitor_candidates(trainer)"), api, f"is not read in {hook.__name__}", dependant)

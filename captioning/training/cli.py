@@ -25,6 +25,7 @@ from captioning.checkpoint import load_checkpoint
 from captioning.data.datamodule import CaptionDataModule
 from captioning.errors import UserError
 from captioning.training import quiet
+from captioning.training.best_checkpoint import BestCheckpoint
 from captioning.training.module import CaptioningModule
 from captioning.training.progress import LineProgress
 from captioning.training.run_folder import ContinueCurves, RunLogger, run_of_checkpoint
@@ -56,7 +57,7 @@ class CaptioningCLI(LightningCLI):
             default=False,
             help="a test that could not score every image of the split (unreadable files) still succeeds",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         # best.ckpt, replaced (atomically) by each better one: a name that the next run can be pointed at
         parser.set_defaults(
             {"checkpoint.monitor": "val/CIDEr", "checkpoint.mode": "max", "checkpoint.filename": "best",
