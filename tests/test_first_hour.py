@@ -45,8 +45,8 @@ def test_a_resumed_run_continues_in_its_own_folder_with_its_curves_and_best_chec
     steps = [int(r["step"]) for r in trained]
     assert steps == sorted(set(steps))  # each step once, in order
     checkpoint = torch.load(version / "checkpoints" / "last.ckpt", weights_only=True)
-    (state,) = [s for k, s in checkpoint["callbacks"].items() if "'monitor': 'val/CIDEr'" in k]
-    validated = [float(r["val/CIDEr"]) for r in rows if r.get("val/CIDEr")]
+    (state,) = [s for k, s in checkpoint["callbacks"].items() if "'monitor': 'val/position_accuracy'" in k]
+    validated = [float(r["val/position_accuracy"]) for r in rows if r.get("val/position_accuracy")]
     assert len(validated) == 2 and float(state["best_model_score"]) == pytest.approx(max(validated))
 
 
