@@ -214,10 +214,8 @@ class CaptionDataModule(LightningDataModule):
         super().__init__()
         if shapes_language != "en" and dataset == "shapes" and shapes_level != "basic":
             raise UserError(f"data.shapes_language '{shapes_language}' needs data.shapes_level 'basic'")
-        if language is not None and dataset == "shapes" and check_language(language) != shapes_language:
+        if language is not None and check_language(language) != shapes_language and dataset == "shapes":
             raise UserError(f"data.language '{language}' does not match data.shapes_language '{shapes_language}'")
-        if language is not None:
-            check_language(language)
         if feature_cache and augment:
             raise UserError("data.feature_cache needs data.augment false: cached tokens are of the unaugmented image")
         for key, value in (("flip", flip), ("vertical_flip", vertical_flip)):
@@ -254,21 +252,27 @@ class CaptionDataModule(LightningDataModule):
         hp = self.hparams
         if hp.get("language"):
             return check_language(hp.language)
-        return hp.get("shapes_language", "en") if hp.dataset == "shapes" else ENGLISH
+        return self.shapes_language if hp.dataset == "shapes" else ENGLISH
+
+    @property
+    def shapes_language(self) -> str:
+        return self.hparams.get("shapes_language", "en")  # hyper-parameters of older checkpoints lack it
 
     @property
     def shapes_root(self) -> str:
         hp = self.hparams
         if hp.root:
             return hp.root
-        return SHAPES_ROOTS[hp.shapes_level] + ("" if hp.get("shapes_language", "en") == "en" else "_zh")
+        return SHAPES_ROOTS[hp.shapes_level] + ("" if self.shapes_language == "en" else f"_{self.shapes_language}")
 
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.dataset == "shapes" and hp.format == "folder":
-            level, language = SHAPES_LEVELS[hp.shapes_level], hp.get("shapes_language", "en")
+            language = self.shapes_language
             extra = {} if language == "en" else {"language": language}  # the hard level is English only
-            level.ensure_shapes(self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes, **extra)
+            SHAPES_LEVELS[hp.shapes_level].ensure_shapes(
+                self.shapes_root, hp.shapes_image_size, hp.shapes_split_sizes, **extra
+            )
 
     def load_records(self, split: str) -> list[ImageRecord]:
         """The images and captions of a split, as configured."""
@@ -313,8 +317,8 @@ class CaptionDataModule(LightningDataModule):
         name = self.hparams.dataset
         if name == "shapes" and self.hparams.shapes_level == "hard":
             name = "shapes hard"
-        elif name == "shapes" and self.hparams.get("shapes_language", "en") != "en":
-            name = f"shapes ({self.hparams.shapes_language})"
+        elif name == "shapes" and self.shapes_language != "en":
+            name = f"shapes ({self.shapes_language})"
         train = self.datasets.get("train")
         if train is None:
             return {"dataset": name, "images": None}
@@ -401,7 +405,7 @@ class CaptionDataModule(LightningDataModule):
             return {}
         records = self.datasets[split].records if split in self.datasets else self.load_records(split)
         scenes = {record.image_id: record.scene for record in records}
-        level, language = self.hparams.shapes_level, self.hparams.get("shapes_language", "en")
+        level, language = self.hparams.shapes_level, self.shapes_language
         if level == "hard":
             return {"grounded_accuracy": shapes_hard.grounded_accuracy(captions, scenes)}
         # the basic level's captions place shapes too: "above", "in the top left" ("上方", "画面左上角")
