@@ -1,7 +1,8 @@
-"""Images per second of greedy captioning: the exported ONNX graphs in onnxruntime against the torch model, one run.
+"""Images per second of captioning (greedy, or --beam-size K): exported ONNX graphs in onnxruntime against torch.
 
-(a) torch: `CaptioningModel.encode` and `greedy_decode` with the KV cache (what `Captioner.caption(beam_size=1)` runs);
-(b) onnxruntime: `OnnxCaptioner.greedy` on the graphs of `captioning export --format onnx` of the same weights.
+(a) torch: `CaptioningModel.encode` and `decode` with the KV cache (what `Captioner.caption` runs);
+(b) onnxruntime: `OnnxCaptioner.stepper` under the same search code, on the graphs of `captioning export --format onnx`
+    of the same weights.
 Both take the same preprocessed photos, and every caption is forced to the same number of tokens (the end token is
 banned until then), so both do the same work; the captions are checked to be identical, token for token.
 
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioning.decoding import DecodeSpec, generate
 from captioning.export import export_onnx
 from captioning.model import CaptioningModel, ModelConfig
-from captioning.model.generation import greedy_decode
+from captioning.model.generation import decode
 from captioning.onnx_captioner import OnnxCaptioner
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -34,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=32, help="photos captioned per measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="images per call")
     parser.add_argument("--length", type=int, default=20, help="tokens generated per caption")
+    parser.add_argument("--beam-size", type=int, default=1, help="beams per image (1: greedy)")
     parser.add_argument("--encoder", default="vit_tiny_patch16_224", help="timm encoder (random weights)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of measurement; each method's best is kept")
@@ -83,21 +86,20 @@ def main() -> None:
         onnx_captioner = OnnxCaptioner(folder, threads=args.threads)
         images = np.stack([onnx_captioner.preprocess(path) for path in paths])  # (N, 3, S, S)
         tok = tokenizer
-        rules = dict(min_length=args.length, suppress_tokens=[tok.pad_id, tok.bos_id, tok.unk_id])
-        ids = (tok.bos_id, tok.eos_id, tok.pad_id, args.length)
+        spec = DecodeSpec.beams(args.beam_size, min_length=args.length, max_length=args.length)
 
         def torch_greedy(batch_size: int) -> list[list[int]]:
             rows = []
             with torch.no_grad():
                 for i in range(0, len(images), batch_size):
                     memory = model.encode(torch.from_numpy(images[i : i + batch_size]))
-                    rows += greedy_decode(model.decoder, memory, *ids, **rules).tokens.tolist()
+                    rows += decode(model.decoder, memory, spec, tok).tokens.tolist()
             return rows
 
         def onnx_greedy(batch_size: int) -> list[list[int]]:
             rows = []
             for i in range(0, len(images), batch_size):
-                rows += onnx_captioner.greedy(images[i : i + batch_size], args.length, **rules).tokens.tolist()
+                rows += generate(onnx_captioner.stepper(images[i : i + batch_size]), spec, tok).tokens.tolist()
             return rows
 
         print(f"{len(images)} photos, {args.length} tokens each, {args.threads} thread(s), best of {args.repeats}")

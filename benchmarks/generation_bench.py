@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from captioning.decoding import DecodeSpec, TokenIds
 from captioning.model import CaptioningModel, ModelConfig
-from captioning.model.generation import beam_search
+from captioning.model.generation import decode as decode_captions
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "coco-val2017-mini" / "val2017"
@@ -142,7 +143,8 @@ def main() -> None:
         def caption_batch(batch: torch.Tensor) -> torch.Tensor:
             memory = ours.encode(batch)  # (B, M, D)
             options = dict(beam_size=args.beam_size, min_length=args.length, include_greedy=include_greedy)
-            return beam_search(ours.decoder, memory, BOS, EOS, PAD, args.length, use_cache=use_cache, **options).tokens
+            spec = DecodeSpec(max_length=args.length, **options)
+            return decode_captions(ours.decoder, memory, spec, TokenIds(BOS, EOS, PAD), use_cache=use_cache).tokens
 
         return caption_batch
 

@@ -1,7 +1,8 @@
 """`captioning caption`: caption image files, folders and globs with a trained checkpoint.
 
-Prints one line per image (`path<TAB>caption`, or a JSON object per line) as soon as its batch is done; decodes with
-beam search (Wu et al., 2016) or nucleus sampling (Holtzman et al., 2020). A bad image gets a one-line error naming
+Prints one line per image (`path<TAB>caption`, or a JSON object per line) as soon as its batch is done; decodes as
+the checkpoint's test did (its `DecodeSpec`: greedy, or beam search after Wu et al., 2016) unless told otherwise, or
+by nucleus sampling (Holtzman et al., 2020). A bad image gets a one-line error naming
 the file on stderr while the others are still captioned, and the exit status is then 1 (2 for a bad command line
 or checkpoint). A progress bar on stderr follows many images when stderr is a terminal.
 """
@@ -52,26 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders or glob patterns")
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint written by `captioning fit`")
-    search = parser.add_argument_group("beam search (the default)")
+    search = parser.add_argument_group("search (default: as the checkpoint's validation and test decoded)")
     search.add_argument(
         "--beam-size",
         metavar="K",
         type=bounded_number(int, 1),
         default=None,
-        help="beams per image (default: 3); 1 is greedy",
+        help="beams per image; 1 is greedy (default: the checkpoint's, 3 for checkpoints that do not say)",
     )
     search.add_argument(
         "--length-penalty",
         metavar="ALPHA",
         type=float,
-        default=1.0,
-        help="alpha in log P / length^alpha (default: 1.0, the mean per token)",
+        default=None,
+        help="alpha in log P / length^alpha (default: the checkpoint's, 1.0: the mean per token)",
     )
     search.add_argument(
         "--no-repeat-ngram-size",
         metavar="N",
         type=bounded_number(int, 0),
-        default=0,
+        default=None,
         help="forbid repeating n-grams of this size (default: 0, allowed)",
     )
     search.add_argument(
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-length",
         metavar="N",
         type=bounded_number(int, 0),
-        default=1,
+        default=None,
         help="at least this many words (default: 1)",
     )
     sampling = parser.add_argument_group("sampling (--sample)")
@@ -94,17 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         metavar="T",
         type=bounded_number(float, 0, low_open=True),
-        default=1.0,
+        default=None,
         help="< 1 sharper, > 1 flatter (default: 1.0)",
     )
     sampling.add_argument(
-        "--top-k", metavar="K", type=bounded_number(int, 0), default=0, help="the k most probable words only (0: all)"
+        "--top-k", metavar="K", type=bounded_number(int, 0), default=None, help="the k likeliest words only (0: all)"
     )
     sampling.add_argument(
         "--top-p",
         metavar="P",
         type=bounded_number(float, 0, 1, low_open=True),
-        default=1.0,
+        default=None,
         help="nucleus: the smallest set of words with this mass (default: 1.0, all)",
     )
     sampling.add_argument("--seed", metavar="SEED", type=int, default=None, help="makes sampling reproducible")
@@ -240,7 +241,7 @@ def main(args: list[str] | None = None) -> int:
         from captioning.viz import save_attention
     names = attention_names(paths)
     settings = dict(
-        beam_size=options.beam_size or 3,
+        beam_size=options.beam_size,  # None: the checkpoint's spec (see `checkpoint.default_spec`)
         max_length=options.max_length,
         min_length=options.min_length,
         length_penalty=options.length_penalty,

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from captioning.errors import CheckpointError, first_line
+from captioning.decoding import DecodeSpec
+from captioning.errors import CheckpointError, UserError, first_line
 from captioning.model.captioner import ModelConfig
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -24,10 +25,35 @@ FORMAT_VERSION = 1
 UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError)
 
 
-def checkpoint_metadata(config: ModelConfig, tokenizer: CaptionTokenizer, training_data: dict | None = None) -> dict:
-    """The "captioning" entry: format, model config, tokenizer, and what the model was trained on when known."""
+def checkpoint_metadata(
+    config: ModelConfig, tokenizer: CaptionTokenizer, training_data: dict | None = None, spec: DecodeSpec | None = None
+) -> dict:
+    """The "captioning" entry: format, model config, tokenizer, and when known what the model was trained on and how
+    its captions are decoded by default."""
     entry = {"format": FORMAT_VERSION, "model_config": config.to_dict(), "tokenizer": tokenizer.to_json()}
-    return {**entry, "training_data": training_data} if training_data else entry
+    entry = {**entry, "training_data": training_data} if training_data else entry
+    return {**entry, "decode_spec": spec.to_dict()} if spec else entry
+
+
+def checkpoint_spec(path: str | Path) -> DecodeSpec:
+    """How a checkpoint's captions are decoded unless a caller says otherwise (see `default_spec`)."""
+    return default_spec(read_checkpoint(path, mmap=True), path)
+
+
+def default_spec(checkpoint: dict, source: str | Path = "checkpoint") -> DecodeSpec:
+    """The checkpoint's "captioning.decode_spec"; else the spec its validation and test decoded with (the training
+    module's `eval_beam_size` and `eval_length_penalty`), so that `caption` writes what `test` scored; else, for
+    checkpoints written outside the training module, `DecodeSpec()`."""
+    entry = checkpoint.get("captioning")
+    if isinstance(entry, dict) and "decode_spec" in entry:
+        return DecodeSpec.from_dict(entry["decode_spec"], f"{source}: captioning.decode_spec")
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "eval_beam_size" not in hparams:
+        return DecodeSpec()
+    try:
+        return DecodeSpec.beams(hparams["eval_beam_size"], length_penalty=hparams.get("eval_length_penalty", 1.0))
+    except UserError as error:
+        raise CheckpointError(f"{source}: hyper_parameters.eval_beam_size or eval_length_penalty: {error}") from None
 
 
 def training_data(path: str | Path) -> dict | None:

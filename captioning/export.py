@@ -3,13 +3,13 @@
 An export folder holds `config.json` (the model config, the preprocessing and a format version) and
 `tokenizer.json`, beside either `model.safetensors` (loaded by `Captioner.from_pretrained` without unpickling
 anything) or `encoder.onnx` and `decoder_step.onnx`: the image encoder with each layer's cross-attention K, V
-projected once per image, and one KV-cached decoder step, which `captioning.onnx_captioner` runs greedily.
+projected once per image, and one KV-cached decoder step, which `captioning.onnx_captioner` decodes with (greedy,
+beam search or sampling, without torch). Both kinds carry the checkpoint's default decoding spec.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -18,16 +18,24 @@ import torch
 from torch import Tensor, nn
 
 from captioning.caption import bounded_number
-from captioning.checkpoint import load_checkpoint
+from captioning.checkpoint import checkpoint_spec, load_checkpoint
+from captioning.decoding import DecodeSpec
 from captioning.errors import UserError
+from captioning.export_format import (
+    CONFIG,
+    DECODER_STEP,
+    ENCODER,
+    EXPORT_FORMAT,
+    TOKENIZER,
+    WEIGHTS,
+    read_export_config,
+)
 from captioning.files import write_atomic, write_json
 from captioning.model.attention import KVCache
 from captioning.model.captioner import CaptioningModel, ModelConfig
+from captioning.model.generation import TorchStepper
 from captioning.text.tokenizer import CaptionTokenizer
 
-EXPORT_FORMAT = 1
-CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
-ENCODER, DECODER_STEP = "encoder.onnx", "decoder_step.onnx"
 # The largest |log-probability difference| between onnxruntime and torch that an ONNX export may show: float32
 # kernels differ by far less (5e-7 on the tiny test model); a graph that computes something else, by far more.
 TOLERANCE = 1e-3
@@ -68,11 +76,11 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder")
     config, tokenizer, state = load_checkpoint(args.checkpoint)
-    model = _build_model(config, state, args.checkpoint)
+    model, spec = _build_model(config, state, args.checkpoint), checkpoint_spec(args.checkpoint)
     if args.format == "safetensors":
-        written = save_pretrained(model, tokenizer, out)
+        written = save_pretrained(model, tokenizer, out, spec)
     else:
-        written = export_onnx(model, tokenizer, out, opset=args.opset)
+        written = export_onnx(model, tokenizer, out, opset=args.opset, spec=spec)
         difference = check_onnx(model, out)
         print(f"onnxruntime vs torch on a random image: max |log-prob difference| {difference:.2e}", file=sys.stderr)
         if not difference <= args.tolerance:  # NaN fails too
@@ -113,9 +121,11 @@ def _tied_names(model: nn.Module) -> set[str]:
     return tied
 
 
-def _write_metadata(model: CaptioningModel, tokenizer: CaptionTokenizer, out: Path, kind: str) -> list[Path]:
-    """config.json: the format, the model config and, for readers of the graphs outside this package, the input its
-    encoder expects (`captioning.data.transforms` makes it); tokenizer.json beside it."""
+def _write_metadata(
+    model: CaptioningModel, tokenizer: CaptionTokenizer, out: Path, kind: str, spec: DecodeSpec | None
+) -> list[Path]:
+    """config.json: the format, the model config, the default decoding spec and the input its encoder expects (what
+    `captioning.images.preprocess` makes, for the ONNX runtime and readers outside this package); tokenizer.json."""
     from captioning.data.transforms import data_config
 
     data = data_config(model.config.encoder, model.config.image_size)
@@ -126,11 +136,14 @@ def _write_metadata(model: CaptioningModel, tokenizer: CaptionTokenizer, out: Pa
         "interpolation": data.get("interpolation", "bicubic"),
     }
     config = {"format": EXPORT_FORMAT, "kind": kind, "model_config": model.config.to_dict(), "preprocess": preprocess}
+    config["decode_spec"] = (spec or DecodeSpec()).to_dict()
     tokenizer_path = write_atomic(out / TOKENIZER, lambda file: file.write(tokenizer.to_json().encode("utf-8")))
     return [write_json(out / CONFIG, config), tokenizer_path]
 
 
-def save_pretrained(model: CaptioningModel, tokenizer: CaptionTokenizer, out: str | Path) -> list[Path]:
+def save_pretrained(
+    model: CaptioningModel, tokenizer: CaptionTokenizer, out: str | Path, spec: DecodeSpec | None = None
+) -> list[Path]:
     """Writes model.safetensors, config.json and tokenizer.json into `out`; returns the paths written."""
     from safetensors.torch import save
 
@@ -139,32 +152,7 @@ def save_pretrained(model: CaptioningModel, tokenizer: CaptionTokenizer, out: st
     tensors = {name: tensor.contiguous() for name, tensor in model.state_dict().items() if name not in tied}
     data = save(tensors, metadata={"format": "pt"})
     weights = write_atomic(out / WEIGHTS, lambda file: file.write(data))
-    return [weights, *_write_metadata(model, tokenizer, out, "safetensors")]
-
-
-def read_export_config(folder: str | Path) -> tuple[dict, CaptionTokenizer]:
-    """config.json (checked) and the tokenizer of an export folder; one-line errors name the file at fault."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"export folder not found: {folder}")
-    path = folder / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (write an export folder with `captioning export`)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: not readable JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "model_config" not in config:
-        found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise UserError(f"{path}: not a captioning export of format {EXPORT_FORMAT} (format: {found})")
-    path = folder / TOKENIZER
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
-    try:
-        tokenizer = CaptionTokenizer.from_json(path.read_text(encoding="utf-8"))
-    except Exception as error:  # the tokenizers library raises its own exception types
-        raise UserError(f"{path}: not a caption tokenizer ({str(error).splitlines()[0]})") from None
-    return config, tokenizer
+    return [weights, *_write_metadata(model, tokenizer, out, "safetensors", spec)]
 
 
 def load_pretrained(folder: str | Path) -> tuple[ModelConfig, CaptionTokenizer, dict[str, Tensor]]:
@@ -248,7 +236,13 @@ class DecoderStepGraph(nn.Module):
         return logits, torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches])
 
 
-def export_onnx(model: CaptioningModel, tokenizer: CaptionTokenizer, out: str | Path, opset: int = 18) -> list[Path]:
+def export_onnx(
+    model: CaptioningModel,
+    tokenizer: CaptionTokenizer,
+    out: str | Path,
+    opset: int = 18,
+    spec: DecodeSpec | None = None,
+) -> list[Path]:
     """Writes encoder.onnx, decoder_step.onnx, config.json and tokenizer.json into `out`; returns the paths.
 
     The batch is a dynamic axis of both graphs, and so is the cache length of the decoder step.
@@ -276,7 +270,7 @@ def export_onnx(model: CaptioningModel, tokenizer: CaptionTokenizer, out: str | 
     _export(encoder, (images,), out / ENCODER, ["cross_keys", "cross_values"], {"images": {0: batch}}, opset)
     step_inputs = (tokens, position, cross_keys, cross_values, past_keys, past_values)
     _export(step, step_inputs, out / DECODER_STEP, ["logits", "present_keys", "present_values"], step_shapes, opset)
-    return [out / ENCODER, out / DECODER_STEP, *_write_metadata(model, tokenizer, out, "onnx")]
+    return [out / ENCODER, out / DECODER_STEP, *_write_metadata(model, tokenizer, out, "onnx", spec)]
 
 
 def _input_size(model: CaptioningModel) -> tuple[int, int]:
@@ -306,22 +300,19 @@ def _export(
 
 
 def check_onnx(model: CaptioningModel, folder: str | Path, steps: int = 3) -> float:
-    """Runs both graphs on a random image for a few greedy steps and returns the largest |log-probability|
-    difference (log-probabilities, not logits: decoding reads them, and they ignore a shift of all logits)."""
-    from captioning.onnx_captioner import OnnxCaptioner
+    """Reads a random image's greedy caption for a few steps with both runtimes' steppers and returns the largest
+    |log-probability| difference (log-probabilities, not logits: decoding reads them, and they ignore a shift)."""
+    from captioning.onnx_captioner import OnnxCaptioner  # the runtime side never imports this module
 
     onnx_captioner = OnnxCaptioner(folder)
     images = torch.rand(1, 3, *_input_size(model), generator=torch.Generator().manual_seed(0))
+    differences = []
     with torch.no_grad():
-        memory = model.encode(images)
-        caches = model.decoder.new_caches()
-        tokens = torch.full((1, 1), onnx_captioner.tokenizer.bos_id)
-        torch_logits = []
-        for position in range(steps):
-            logits = model.decoder(tokens[:, -1:], memory, caches, start=position)[:, -1]  # (1, V)
-            torch_logits.append(logits)
-            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
-    onnx_logits = onnx_captioner.teacher_forced_logits(images.numpy(), tokens[:, :steps].numpy())
-    pairs = zip(onnx_logits, torch_logits, strict=True)
-    differences = [(torch.from_numpy(o).log_softmax(-1) - t.log_softmax(-1)).abs().max() for o, t in pairs]
+        torch_step = TorchStepper(model.decoder, model.encode(images))
+        onnx_step = onnx_captioner.stepper(images.numpy())
+        history = torch.full((1, 1), onnx_captioner.tokenizer.bos_id)  # (1, 1+t)
+        for _ in range(steps):
+            log_probs = torch_step(history)  # (1, V)
+            differences.append((torch.from_numpy(onnx_step(history.numpy())) - log_probs).abs().max())
+            history = torch.cat([history, log_probs.argmax(-1, keepdim=True)], dim=1)
     return float(torch.stack(differences).max())  # a NaN, if any, wins: it fails every tolerance

@@ -1,14 +1,14 @@
 """Captioning from Python: `Captioner.from_checkpoint(path).caption(images)`.
 
 Takes paths, PIL images, arrays and image tensors, preprocesses them as in training (the checkpoint names the
-encoder), encodes each image once and decodes with the KV-cached decoder: beam search with a length penalty
-(Wu et al., 2016) by default, or nucleus sampling (Holtzman et al., 2020). On request each caption carries its
-cross-attention maps, mapped back to the encoder's patch or feature-map grid.
+encoder), encodes each image once and decodes with the KV-cached decoder as the checkpoint's `DecodeSpec` says (the
+greedy decoding or beam search, Wu et al., 2016, that its test scored) unless told otherwise, or by nucleus sampling
+(Holtzman et al., 2020). On request each caption carries its cross-attention maps on the encoder's grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +18,13 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 
-from captioning.checkpoint import load_checkpoint
+from captioning.checkpoint import checkpoint_spec, load_checkpoint
 from captioning.data.transforms import build_transform, data_config, load_image, to_rgb
+from captioning.decoding import DecodeSpec, Generated
+from captioning.decoding.search import caption_rows
 from captioning.errors import UserError
 from captioning.model.captioner import CaptioningModel
-from captioning.model.generation import Generated, beam_search, greedy_decode, sample_decode
+from captioning.model.generation import decode
 from captioning.model.scoring import score_tokens
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -89,8 +91,21 @@ class CaptionScore:
 class Captioner:
     """A trained captioning model with its tokenizer and preprocessing, ready to caption images."""
 
-    def __init__(self, model: CaptioningModel, tokenizer: CaptionTokenizer, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: CaptioningModel,
+        tokenizer: CaptionTokenizer,
+        device: str | torch.device = "cpu",
+        spec: DecodeSpec | None = None,
+    ):
+        """
+        Args:
+            model, tokenizer: the trained model and its tokenizer.
+            device: where the model runs.
+            spec: how `caption` decodes by default (default: `DecodeSpec()`, beam search with 3 beams).
+        """
         self.device = torch.device(device)
+        self.spec = spec or DecodeSpec()
         self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.transform = build_transform(model.config.encoder, model.config.image_size)
@@ -103,7 +118,7 @@ class Captioner:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> Captioner:
-        """Loads a checkpoint written by training (weights only: no code in it is run).
+        """Loads a checkpoint written by training (weights only: no code in it is run), with its decoding spec.
 
         Args:
             path: the checkpoint file.
@@ -117,24 +132,25 @@ class Captioner:
         config.pretrained = False  # the checkpoint holds the trained weights
         model = CaptioningModel(config)
         model.load_state_dict(state)
-        return cls(model, tokenizer, device)
+        return cls(model, tokenizer, device, checkpoint_spec(path))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> Captioner:
-        """Loads a folder written by `captioning export --format safetensors` (safetensors: nothing is unpickled).
+        """Loads a folder written by `captioning export --format safetensors` (nothing is unpickled), with its spec.
 
         Args:
             folder: holds model.safetensors, config.json and tokenizer.json.
             device: e.g. "cpu" or "cuda" (default: cuda when available).
         """
         from captioning.export import load_pretrained_model  # the export format lives beside its writer
+        from captioning.export_format import export_spec, read_export_config
 
         try:
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as error:
             raise UserError(f"unknown device '{device}' ({error})") from None
         model, tokenizer = load_pretrained_model(folder)
-        return cls(model, tokenizer, device)
+        return cls(model, tokenizer, device, export_spec(read_export_config(folder)[0], folder))
 
     def preprocess(self, image: ImageInput) -> Tensor:
         """One image -> (3, S, S) model input.
@@ -168,60 +184,54 @@ class Captioner:
     def caption(
         self,
         images: ImageInput | Iterable[ImageInput],
-        beam_size: int = 3,
+        beam_size: int | None = None,
         max_length: int | None = None,
         *,
-        min_length: int = 1,
-        length_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        suppress_unk: bool = True,
-        sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        spec: DecodeSpec | None = None,
+        min_length: int | None = None,
+        length_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        suppress_unk: bool | None = None,
+        sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         seed: int | None = None,
         batch_size: int = 32,
         return_attention: bool = False,
+        on_step: Callable[[list[Caption]], None] | None = None,
     ) -> list[Caption]:
-        """Captions images with beam search (default) or sampling.
+        """Captions images as the checkpoint's decoding spec says (`self.spec`), or as the options given here say.
 
         Args:
             images: one image or several: paths, PIL images, arrays, (3, H, W) tensors or a (B, 3, H, W) tensor.
             beam_size: beams per image; 1 is greedy decoding. Ignored when sampling.
             max_length: at most this many tokens per caption, end token included (default: the model's limit).
-            min_length: at least this many words before the end token.
-            length_penalty: alpha in log P / length^alpha, the ranking of finished beams.
-            no_repeat_ngram_size: forbid repeating any n-gram of this size (0: allowed).
-            suppress_unk: never generate the unknown-word token (when allowed, the text shows it as `<unk>`).
+            spec: the decoding spec to start from, instead of `self.spec`; the options below change it.
+            min_length, length_penalty, no_repeat_ngram_size, suppress_unk, temperature, top_k, top_p, seed: the
+                fields of `DecodeSpec` (None: the spec's).
             sample: draw each caption from the model instead of searching (nucleus sampling).
-            temperature, top_k, top_p: the sampling distribution (see `sample_decode`).
-            seed: seeds the sampling, which is then reproducible for the same images and batch_size.
             batch_size: images encoded and decoded together; results do not depend on it, except when sampling.
             return_attention: also fill `cross_attention` and `prefix_attention` of each Caption.
+            on_step: streaming: after every step, sees each image of the batch as a Caption of the words so far (the
+                best live beam's; score 0), with attention when `return_attention`: the maps of the final caption.
 
         Returns:
             One Caption per image, in order (a list, also for one image).
         """
+        options = dict(max_length=max_length, min_length=min_length, length_penalty=length_penalty, top_p=top_p)
+        options.update(no_repeat_ngram_size=no_repeat_ngram_size, suppress_unk=suppress_unk, seed=seed)
+        spec = (spec or self.spec).with_options(beam_size, sample, temperature=temperature, top_k=top_k, **options)
         images, _ = _image_list(images)
-        tok = self.tokenizer
-        suppress = [tok.pad_id, tok.bos_id] + ([tok.unk_id] if suppress_unk else [])
-        rules = dict(min_length=min_length, suppress_tokens=suppress, no_repeat_ngram_size=no_repeat_ngram_size)
-        generator = None
-        if sample and seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        rng = np.random.default_rng(spec.seed) if spec.seed is not None else None  # one stream for all batches
         results = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self.preprocess(image) for image in images[start : start + batch_size]])
             memory = self.model.encode(batch.to(self.device))  # (B, M, D)
-            ids = (tok.bos_id, tok.eos_id, tok.pad_id, max_length)
-            if sample:
-                sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-                generated = sample_decode(self.model.decoder, memory, *ids, **sampling, **rules)
-            elif beam_size == 1:
-                generated = greedy_decode(self.model.decoder, memory, *ids, **rules)
-            else:
-                beams = dict(beam_size=beam_size, length_penalty=length_penalty)
-                generated = beam_search(self.model.decoder, memory, *ids, **beams, **rules)
+            step = None
+            if on_step is not None:
+                step = lambda tokens, memory=memory: on_step(self._so_far(memory, tokens, return_attention))  # noqa: E731
+            generated = decode(self.model.decoder, memory, spec, self.tokenizer, rng=rng, on_step=step)
             captions = self._to_captions(generated)
             if return_attention:
                 self._add_attention(memory, captions)
@@ -292,12 +302,19 @@ class Captioner:
         return results
 
     def _to_captions(self, generated: Generated) -> list[Caption]:
-        tok, captions = self.tokenizer, []
-        for row, score in zip(generated.tokens.tolist(), generated.scores.tolist(), strict=True):
-            ids = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
-            ids = [i for i in ids if i != tok.pad_id]
-            words = [tok.id_to_word(i) for i in ids]
-            captions.append(Caption(tok.decode(ids), ids, score, words, ended=tok.eos_id in row))
+        tok = self.tokenizer
+        return [
+            Caption(tok.decode(ids), ids, score, [tok.id_to_word(i) for i in ids], ended=ended)
+            for ids, score, ended in caption_rows(generated, tok)
+        ]
+
+    def _so_far(self, memory: Tensor, tokens: Tensor, attention: bool) -> list[Caption]:
+        """The captions of the tokens (B, t) written so far; with their attention, which causal attention keeps as the
+        final caption's for the words written."""
+        B = len(tokens)
+        captions = self._to_captions(Generated(tokens, torch.zeros(B), torch.ones(B, dtype=torch.long)))
+        if attention:
+            self._add_attention(memory, captions)
         return captions
 
     def _add_attention(self, memory: Tensor, captions: list[Caption]) -> None:

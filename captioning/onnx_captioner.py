@@ -1,10 +1,9 @@
-"""Greedy captioning with onnxruntime: the graphs written by `captioning export --format onnx`, no torch model.
+"""Captioning with onnxruntime and NumPy only: the graphs written by `captioning export --format onnx`, no torch.
 
 The encoder graph projects each decoder layer's cross-attention K, V once per image; the decoder-step graph reads the
-newest token against them and against the self-attention KV cache, which this loop carries between steps. Images
-go through the training transform itself (it resizes 8-bit pixels with torch ops: a PIL or numpy copy would differ
-by a level of 255 here and there, and so would a caption now and then), and the decoding rules are those of
-`captioning.model.generation.greedy_decode`, so the captions are the torch model's, token for token.
+newest token against them and against the self-attention KV cache, which `OnnxStepper` carries and reorders. Images
+go through `captioning.images.preprocess` (torch's transform, to the last bit) and decoding through
+`captioning.decoding.generate`, torch's own: greedy, beam search and seeded sampling write the torch model's captions.
 """
 
 from __future__ import annotations
@@ -17,180 +16,107 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from captioning.data.transforms import build_transform, load_image, to_rgb
+from captioning.decoding import DecodeSpec, generate
+from captioning.decoding.ops import NUMPY
+from captioning.decoding.search import caption_rows
 from captioning.errors import UserError
-from captioning.export import DECODER_STEP, ENCODER, read_export_config
+from captioning.export_format import CONFIG, DECODER_STEP, ENCODER, export_spec, read_export_config
+from captioning.images import load_image, preprocess
+
+OnnxImage = str | Path | Image.Image | np.ndarray
 
 
 @dataclass
 class OnnxCaption:
-    """A caption: its text, its word ids (no start or end token), and its mean log-probability per token."""
+    """A caption as `captioning.inference.Caption` has it: text, word ids, score, and whether it ended."""
 
     text: str
     tokens: list[int]
     score: float
+    ended: bool = True
 
 
-@dataclass
-class Greedy:
-    """Greedy decoding of a batch: tokens (B, L) padded after the end token, log_probs (B,) and lengths (B,)."""
+class OnnxStepper:
+    """The `captioning.decoding.Stepper` of the decoder-step graph, for images encoded once."""
 
-    tokens: np.ndarray
-    log_probs: np.ndarray
-    lengths: np.ndarray
+    ops = NUMPY
+
+    def __init__(self, session: ort.InferenceSession, cross_keys: np.ndarray, cross_values: np.ndarray, max_length):
+        self.session, self.cross, self.past = session, (cross_keys, cross_values), None  # K, V: (L, B, nh, M, hs)
+        self.num_images, self.max_length = cross_keys.shape[1], max_length
+
+    def __call__(self, history: np.ndarray) -> np.ndarray:
+        R = history.shape[0]
+        if self.past is None:  # the graph has one batch axis: each image's K, V for each of its rows
+            self.cross = [np.repeat(x, R // self.num_images, axis=1) for x in self.cross]  # (L, R, nh, M, hs)
+            self.past = [np.zeros((*self.cross[0].shape[:3], 0, self.cross[0].shape[4]), np.float32)] * 2
+        logits, *self.past = self.session.run(None, {
+            "tokens": np.ascontiguousarray(history[:, -1:], dtype=np.int64),  # (R, 1) the newest token
+            "position": np.array([history.shape[1] - 1], dtype=np.int64),
+            "cross_keys": self.cross[0], "cross_values": self.cross[1],
+            "past_keys": self.past[0], "past_values": self.past[1],
+        })  # fmt: skip
+        shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)  # (R, V) -> log-softmax, float32
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.past = [cache[:, rows] for cache in self.past]  # (L, R, nh, S, hs)
 
 
 class OnnxCaptioner:
-    """Captions images with the encoder and decoder-step graphs of an ONNX export folder."""
+    """Captions images with the graphs of the export `folder`, on onnxruntime's `threads` (default: its choice) and
+    execution `providers` (default: the CPU)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
-        """
-        Args:
-            folder: written by `captioning export --format onnx`.
-            threads: onnxruntime's intra-op threads (default: its own choice).
-            providers: onnxruntime execution providers (default: the CPU).
-        """
         folder = Path(folder)
         config, self.tokenizer = read_export_config(folder)
+        self.spec = export_spec(config, folder)  # the checkpoint's: what `caption` does unless told otherwise
         options = ort.SessionOptions()
         if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         providers = list(providers or ["CPUExecutionProvider"])
         self.encoder = _session(folder / ENCODER, options, providers)
         self.decoder_step = _session(folder / DECODER_STEP, options, providers)
-        model_config = config["model_config"]
         try:
-            self.max_length = int(model_config["max_length"])
-            self.num_layers, self.num_heads = int(model_config["depth"]), int(model_config["num_heads"])
-            self.head_dim = int(model_config["dim"]) // self.num_heads
-            self.transform = build_transform(model_config["encoder"], model_config.get("image_size"))
+            self.max_length, given = int(config["model_config"]["max_length"]), config["preprocess"]
+            self.input = dict(size=tuple(given["input_size"][-2:]), mean=given["mean"], std=given["std"])
+            self.input["interpolation"] = str(given["interpolation"])
         except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"{folder / 'config.json'}: bad or missing model_config field ({error!r})") from None
+            raise UserError(f"{folder / CONFIG}: bad or missing model_config or preprocess field ({error!r})") from None
 
-    def preprocess(self, image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    def preprocess(self, image: OnnxImage) -> np.ndarray:
         """A path, PIL image or (H, W[, C]) uint8 array -> (3, S, S) float32, as `Captioner.preprocess` makes it."""
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
+        image = load_image(image) if isinstance(image, (str, Path)) else image
+        image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
         if not isinstance(image, Image.Image):
             raise TypeError(f"cannot caption a {type(image).__name__}: give a path, a PIL image or a uint8 array")
-        return self.transform(to_rgb(image)).numpy()
+        return preprocess(image, **self.input)
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images (B, 3, H, W) float32 -> cross-attention keys and values, each (L, B, nh, M, hs)."""
+    def stepper(self, images: np.ndarray) -> OnnxStepper:
+        """Preprocessed images (B, 3, H, W), encoded once, as a stepper over their captions."""
         cross_keys, cross_values = self.encoder.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})
-        return cross_keys, cross_values
-
-    def _steps(self, cross_keys: np.ndarray, cross_values: np.ndarray):
-        """A generator: send it the tokens (B,) at each position, it yields their next-token logits (B, V)."""
-        B = cross_keys.shape[1]
-        past_keys = np.zeros((self.num_layers, B, self.num_heads, 0, self.head_dim), dtype=np.float32)
-        past_values = past_keys
-        tokens = yield
-        for position in range(self.max_length):
-            feed = {
-                "tokens": np.asarray(tokens, dtype=np.int64).reshape(B, 1),
-                "position": np.array([position], dtype=np.int64),
-                "cross_keys": cross_keys,
-                "cross_values": cross_values,
-                "past_keys": past_keys,
-                "past_values": past_values,
-            }
-            logits, past_keys, past_values = self.decoder_step.run(None, feed)
-            tokens = yield logits
-
-    def teacher_forced_logits(self, images: np.ndarray, tokens: np.ndarray) -> list[np.ndarray]:
-        """The logits (B, V) after each of the given tokens (B, T), start token first, read step by step."""
-        steps = self._steps(*self.encode(images))
-        next(steps)
-        return [steps.send(tokens[:, t]) for t in range(tokens.shape[1])]
-
-    def greedy(
-        self,
-        images: np.ndarray,
-        max_length: int | None = None,
-        *,
-        min_length: int = 0,
-        suppress_tokens: Sequence[int] = (),
-        no_repeat_ngram_size: int = 0,
-    ) -> Greedy:
-        """The most probable next token until every caption has ended; the rules of torch's `greedy_decode`.
-
-        Args:
-            images: (B, 3, H, W) preprocessed images.
-            max_length: at most this many tokens after the start token, end token included (default: the model's).
-            min_length: the end token is banned until this many tokens have been generated.
-            suppress_tokens: never generated.
-            no_repeat_ngram_size: no n-gram of this size occurs twice in a caption (0: no limit).
-
-        Returns:
-            Tokens (B, L) after the start token, their summed log-probabilities (B,) and counts (B,).
-        """
-        tok = self.tokenizer
-        max_length = min(max_length or self.max_length, self.max_length)
-        steps = self._steps(*self.encode(images))
-        next(steps)
-        B = images.shape[0]
-        generated = np.zeros((B, 0), dtype=np.int64)  # (B, t)
-        finished = np.zeros(B, dtype=bool)
-        log_probs = np.zeros(B, dtype=np.float32)
-        lengths = np.zeros(B, dtype=np.int64)
-        token = np.full(B, tok.bos_id, dtype=np.int64)
-        for t in range(max_length):
-            step_log_probs = _log_softmax(steps.send(token))  # (B, V)
-            if t < min_length:
-                step_log_probs[:, tok.eos_id] = -np.inf
-            if len(suppress_tokens):
-                step_log_probs[:, list(suppress_tokens)] = -np.inf
-            _ban_repeated_ngrams(step_log_probs, generated, no_repeat_ngram_size)
-            token = step_log_probs.argmax(axis=-1)  # (B,)
-            chosen = step_log_probs[np.arange(B), token]
-            log_probs += np.where(finished, np.float32(0), chosen)
-            lengths += ~finished
-            token = np.where(finished, tok.pad_id, token)
-            generated = np.concatenate([generated, token[:, None]], axis=1)
-            finished |= token == tok.eos_id
-            if finished.all():
-                break
-        return Greedy(generated, log_probs, lengths)
+        return OnnxStepper(self.decoder_step, cross_keys, cross_values, self.max_length)
 
     def caption(
         self,
-        images: str | Path | Image.Image | np.ndarray | Iterable[str | Path | Image.Image | np.ndarray],
+        images: OnnxImage | Iterable[OnnxImage],
+        beam_size: int | None = None,
         max_length: int | None = None,
         *,
-        min_length: int = 1,
-        no_repeat_ngram_size: int = 0,
-        suppress_unk: bool = True,
+        spec: DecodeSpec | None = None,
         batch_size: int = 32,
+        **fields,
     ) -> list[OnnxCaption]:
-        """Greedy captions of images, with the defaults of `Captioner.caption(beam_size=1)`.
-
-        Args:
-            images: one or several paths, PIL images or uint8 arrays.
-            max_length, min_length, no_repeat_ngram_size: see `greedy`.
-            suppress_unk: never generate the unknown-word token.
-            batch_size: images encoded and decoded together.
-
-        Returns:
-            One caption per image, in order.
-        """
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
-            images = [images]
-        images, tok = list(images), self.tokenizer
-        suppress = [tok.pad_id, tok.bos_id] + ([tok.unk_id] if suppress_unk else [])
+        """One caption per image, as `Captioner.caption` writes it: `beam_size`, `max_length`, `spec`, `sample` and
+        the `DecodeSpec` fields (min_length, top_p, seed, ...) change the export's spec, as there."""
+        spec = (spec or self.spec).with_options(beam_size, max_length=max_length, **fields)
+        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        rng = np.random.default_rng(spec.seed) if spec.seed is not None else None  # one stream for all batches
         captions = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(image) for image in images[start : start + batch_size]])
-            rules = dict(min_length=min_length, suppress_tokens=suppress, no_repeat_ngram_size=no_repeat_ngram_size)
-            result = self.greedy(batch, max_length, **rules)
-            scores = result.log_probs / np.maximum(result.lengths, 1)
-            for row, score in zip(result.tokens.tolist(), scores.tolist(), strict=True):
-                ids = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
-                ids = [i for i in ids if i != tok.pad_id]
-                captions.append(OnnxCaption(tok.decode(ids), ids, score))
+            rows = caption_rows(generate(self.stepper(batch), spec, self.tokenizer, rng), self.tokenizer)
+            captions += [OnnxCaption(self.tokenizer.decode(ids), ids, score, ended) for ids, score, ended in rows]
         return captions
 
 
@@ -201,21 +127,3 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
         raise UserError(f"{path}: not a readable ONNX graph ({str(error).splitlines()[0]})") from None
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log-softmax over the last axis in float32, as torch's `logits.float().log_softmax(-1)`."""
-    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _ban_repeated_ngrams(log_probs: np.ndarray, generated: np.ndarray, n: int) -> None:
-    """Sets -inf (in place) on each token that would repeat an n-gram of its row in `generated` (B, t)."""
-    t = generated.shape[1]
-    if not n or t < n:
-        return
-    for row, tokens in enumerate(generated.tolist()):
-        prefix = tokens[t - n + 1 :]  # an n-gram ending with the next token starts with these n-1 tokens
-        for start in range(t - n + 1):
-            if tokens[start : start + n - 1] == prefix:
-                log_probs[row, tokens[start + n - 1]] = -np.inf

@@ -130,7 +130,7 @@ def test_a_model_error_ends_the_run_once_with_its_traceback(checkpoint, shapes_i
         calls.append(args)
         raise RuntimeError("CUDA error: device-side assert triggered")
 
-    monkeypatch.setattr(inference, "beam_search", device_assert)
+    monkeypatch.setattr(inference, "decode", device_assert)
     monkeypatch.delenv("CAPTIONING_DEBUG", raising=False)
     images = [str(path) for path in sorted(shapes_images.glob("*.png"))[:3]]
     assert cli.main(["caption", "--checkpoint", str(checkpoint), *images]) == 1

@@ -63,6 +63,7 @@ def test_fit_on_the_real_coco_mini_set(tmp_path):
     result = run_cli(
         "fit", "--config", str(ROOT / "configs" / "coco.yaml"), *model, "--model.pretrained=false",
         "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1",
+        "--model.compile=false",  # the GPU config compiles; on a busy CPU that alone can take minutes
         "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
         f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.batch_size=8", "--data.eval_batch_size=8",
         "--data.num_workers=0", "--data.min_word_frequency=2", "--data.dataset=coco",  # the official files
@@ -128,8 +129,12 @@ def test_best_checkpoint_reloads_to_the_captions_it_was_tested_with(trained_run,
     captioner = Captioner.from_checkpoint(best, device="cpu")
     tested = {p["image_id"]: p["caption"] for p in json.loads((trained_run / "predictions.json").read_text())}
     paths = [shapes_root / "test" / f"{image_id:06d}.png" for image_id in tested]
-    again = captioner.caption(paths, beam_size=1)  # as testing decodes: greedy, no [UNK], one word at least
+    assert captioner.spec.mode == "greedy"  # the checkpoint's own spec: configs/shapes.yaml's eval_beam_size 1
+    again = captioner.caption(paths)  # as testing decoded: greedy, no [UNK], one word at least
     assert [c.text for c in again] == list(tested.values())
+    written = run_cli("caption", "--checkpoint", str(best), *map(str, paths[:8]))  # no decoding flags either
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert [line.split("\t")[1] for line in written.stdout.splitlines()] == list(tested.values())[:8]
 
 
 def test_test_with_beam_search_reports_what_the_caption_script_writes(trained_run, shapes_root, tmp_path):

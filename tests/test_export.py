@@ -3,7 +3,10 @@ onnxruntime greedy loop writes the torch model's captions token for token (shape
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,21 +58,73 @@ def test_onnx_export_fails_when_onnxruntime_and_torch_differ_beyond_the_toleranc
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "rules", [{}, {"min_length": 8, "no_repeat_ngram_size": 1}, {"max_length": 5}], ids=["defaults", "rules", "cut"]
-)
-def test_onnx_greedy_captions_equal_torch_greedy_on_shapes(
-    one_thread, onnx_folder, tiny_checkpoint, shapes_images, rules
-):
-    torch_captions = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(shapes_images, 1, **rules)
-    onnx_captions = OnnxCaptioner(onnx_folder, threads=1).caption(shapes_images, **rules)
+# Decoding specs that ONNX must follow token for token: greedy with each rule, beam search, and seeded sampling.
+SPECS = {
+    "greedy": dict(beam_size=1),
+    "greedy rules": dict(beam_size=1, min_length=8, no_repeat_ngram_size=1),
+    "greedy cut": dict(beam_size=1, max_length=5),
+    "beam 3": dict(beam_size=3),
+    "sample": dict(sample=True, seed=11, top_p=0.95, temperature=1.2),
+}
+
+
+def assert_same_captions(onnx_captions: list, torch_captions: list) -> None:
     assert [c.tokens for c in onnx_captions] == [c.tokens for c in torch_captions]
     assert [c.text for c in onnx_captions] == [c.text for c in torch_captions]
+    assert [c.ended for c in onnx_captions] == [c.ended for c in torch_captions]
     assert np.allclose([c.score for c in onnx_captions], [c.score for c in torch_captions], atol=1e-4)
-    assert all(len(c.tokens) >= rules.get("min_length", 1) for c in onnx_captions)  # the rules were applied
-    if rules.get("no_repeat_ngram_size") == 1:
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", SPECS.values(), ids=SPECS.keys())
+def test_onnx_captions_equal_torch_captions_on_shapes(one_thread, onnx_folder, tiny_checkpoint, shapes_images, options):
+    torch_captions = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(shapes_images, **options)
+    onnx_captions = OnnxCaptioner(onnx_folder, threads=1).caption(shapes_images, **options)
+    assert_same_captions(onnx_captions, torch_captions)
+    assert all(len(c.tokens) >= options.get("min_length", 1) for c in onnx_captions)  # the rules were applied
+    if options.get("no_repeat_ngram_size") == 1:
         assert all(len(set(c.tokens)) == len(c.tokens) for c in onnx_captions)
+
+
+def test_the_export_carries_the_checkpoint_s_decoding_spec(onnx_folder, tiny_checkpoint, shapes_images):
+    """Without options both runtimes decode as the checkpoint says; a seed gives the same samples in each batch."""
+    from captioning.checkpoint import checkpoint_spec
+
+    onnx_captioner = OnnxCaptioner(onnx_folder, threads=1)
+    assert onnx_captioner.spec == checkpoint_spec(tiny_checkpoint)
+    captioner = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert_same_captions(onnx_captioner.caption(shapes_images[:6]), captioner.caption(shapes_images[:6]))
+    sample = dict(sample=True, seed=5, batch_size=4)
+    images = shapes_images[:6]
+    assert_same_captions(onnx_captioner.caption(images, **sample), captioner.caption(images, **sample))
+
+
+WITHOUT_TORCH = """
+import json, sys
+class NoTorch:  # as on a machine where only `pip install captioning[onnx]` ran
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "lightning"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+sys.meta_path.insert(0, NoTorch())
+from captioning.onnx_captioner import OnnxCaptioner
+captions = OnnxCaptioner(sys.argv[1], threads=1).caption(sys.argv[2:], beam_size=3)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm") or m == "captioning.export")
+print(json.dumps({"tokens": [c.tokens for c in captions], "loaded": loaded}))
+"""
+
+
+def test_onnx_captioner_runs_without_torch(onnx_folder, tiny_checkpoint, shapes_images):
+    """In a process where importing torch fails, ONNX captions are the torch model's; the runtime side imports
+    neither torch nor the exporter (no import cycle)."""
+    images = [str(path) for path in shapes_images[:4]]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, str(onnx_folder), *images], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    assert output["loaded"] == []
+    expected = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(images, beam_size=3)
+    assert output["tokens"] == [c.tokens for c in expected]
 
 
 def test_onnx_preprocessing_equals_the_captioner_s(onnx_folder, tiny_checkpoint, shapes_images):
@@ -151,12 +206,30 @@ def train_on_photos(folder: Path, steps: int = 100) -> tuple[CaptioningModel, Ca
     return model.eval(), tokenizer, [r.path for r in records]
 
 
+@pytest.fixture(scope="module")
+def photo_export(tmp_path_factory) -> tuple[Captioner, Path, list[Path]]:
+    """The tiny model trained on the real photos, as a torch Captioner and as an ONNX export folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    model, tokenizer, photos = train_on_photos(folder)
+    export_onnx(model, tokenizer, folder / "onnx")
+    return Captioner(model, tokenizer, "cpu"), folder / "onnx", photos
+
+
 @pytest.mark.slow
-def test_onnx_greedy_captions_equal_torch_greedy_on_real_photos(one_thread, tmp_path):
-    model, tokenizer, photos = train_on_photos(tmp_path)
-    export_onnx(model, tokenizer, tmp_path / "onnx")
-    torch_captions = Captioner(model, tokenizer, "cpu").caption(photos, beam_size=1)
-    onnx_captions = OnnxCaptioner(tmp_path / "onnx", threads=1).caption(photos)
+def test_onnx_greedy_captions_equal_torch_greedy_on_real_photos(one_thread, photo_export):
+    captioner, folder, photos = photo_export
+    torch_captions = captioner.caption(photos, beam_size=1)
+    onnx_captions = OnnxCaptioner(folder, threads=1).caption(photos, beam_size=1)
     assert len(onnx_captions) == len(photos) == 159
     assert [c.tokens for c in onnx_captions] == [c.tokens for c in torch_captions]
     assert len({c.text for c in torch_captions}) > 1  # the photos are told apart, not one caption for all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [SPECS["beam 3"], SPECS["sample"]], ids=["beam 3", "sample"])
+def test_onnx_beam_search_and_seeded_sampling_equal_torch_on_real_photos(one_thread, photo_export, options):
+    captioner, folder, photos = photo_export
+    photos = photos[::8][:20]  # 20 photos spread over the set
+    torch_captions = captioner.caption(photos, **options)
+    assert_same_captions(OnnxCaptioner(folder, threads=1).caption(photos, **options), torch_captions)
+    assert len({c.text for c in torch_captions}) > 1

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from captioning.data.transforms import load_image
+from captioning.decoding import DecodeSpec
+from captioning.errors import UserError
 from captioning.inference import Caption, Captioner
 from captioning.model import CaptioningModel, ModelConfig
-from captioning.model.generation import beam_search, greedy_decode
+from captioning.model.generation import decode
 from tests.conftest import TINY_MODEL
 from tests.helpers import broken_images, odd_images
 
@@ -58,10 +60,8 @@ def test_textbook_beam_search_improves_on_greedy_on_average(captioner, test_imag
     """Without the greedy candidate beam search may end below greedy for some images, but not on the whole."""
     model, tok = captioner.model, captioner.tokenizer
     memory = model.encode(torch.stack([captioner.preprocess(p) for p in test_images]))
-    ids = (tok.bos_id, tok.eos_id, tok.pad_id)
-    rules = {"suppress_tokens": [tok.pad_id, tok.bos_id, tok.unk_id], "min_length": 1}
-    greedy = greedy_decode(model.decoder, memory, *ids, **rules).scores
-    textbook = beam_search(model.decoder, memory, *ids, beam_size=3, include_greedy=False, **rules).scores
+    greedy = decode(model.decoder, memory, DecodeSpec(mode="greedy"), tok).scores
+    textbook = decode(model.decoder, memory, DecodeSpec(beam_size=3, include_greedy=False), tok).scores
     assert textbook.mean() > greedy.mean()
 
 
@@ -150,3 +150,28 @@ def test_shuffled_inputs_get_their_own_captions(captioner, test_images):
     captions = captioner.caption(test_images[:10])
     shuffled = captioner.caption([test_images[i] for i in order], batch_size=3)
     assert [c.text for c in shuffled] == [captions[i].text for i in order]
+
+
+def test_a_checkpoint_s_decoding_spec_comes_from_its_entry_its_training_module_or_the_default():
+    from captioning.checkpoint import default_spec
+    from captioning.errors import CheckpointError
+
+    stored = DecodeSpec(mode="beam", beam_size=5, no_repeat_ngram_size=2)
+    assert default_spec({"captioning": {"decode_spec": stored.to_dict()}}) == stored
+    hparams = {"hyper_parameters": {"eval_beam_size": 1, "eval_length_penalty": 0.7}}
+    assert default_spec(hparams) == DecodeSpec(mode="greedy", beam_size=1, length_penalty=0.7)
+    assert default_spec({"captioning": {}}) == DecodeSpec()  # checkpoints from before specs: 3 beams, as then
+    with pytest.raises(CheckpointError, match=r"old\.ckpt: .*'beam_size' must be an integer >= 1, got 0"):
+        default_spec({"hyper_parameters": {"eval_beam_size": 0}}, "old.ckpt")
+    with pytest.raises(UserError, match=r"x\.ckpt: captioning\.decode_spec: unknown decoding field\(s\): beams"):
+        default_spec({"captioning": {"decode_spec": {"beams": 2}}}, "x.ckpt")
+
+
+def test_a_fitted_checkpoint_stores_the_spec_its_validation_decoded_with(checkpoint):
+    from captioning.checkpoint import checkpoint_spec, read_checkpoint
+
+    stored = read_checkpoint(checkpoint)
+    hparams = stored["hyper_parameters"]  # the shapes config's: greedy
+    spec = DecodeSpec.beams(hparams["eval_beam_size"], length_penalty=hparams["eval_length_penalty"])
+    assert stored["captioning"]["decode_spec"] == spec.to_dict()
+    assert checkpoint_spec(checkpoint) == spec

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioning.model.generation import greedy_decode
+from captioning.decoding import DecodeSpec
+from captioning.model.generation import decode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -15,7 +16,7 @@ def test_score_equals_the_summed_step_log_probabilities_of_greedy_decoding_on_it
     tok = captioner.tokenizer
     with torch.no_grad():
         memory = captioner.model.encode(torch.stack([captioner.preprocess(i) for i in images]))
-        greedy = greedy_decode(captioner.model.decoder, memory, tok.bos_id, tok.eos_id, tok.pad_id)
+        greedy = decode(captioner.model.decoder, memory, DecodeSpec(mode="greedy", min_length=0), tok)
     texts = tok.decode_batch(greedy.tokens)
     scores = captioner.score(images, texts)
     assert [s.text for s in scores] == texts

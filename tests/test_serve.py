@@ -142,6 +142,26 @@ def test_attention_has_one_grid_map_per_word(server, images, captioner):
     assert all(abs(sum(map(sum, m)) - 1) < rows * cols * 1e-5 for m in maps)
 
 
+def test_the_stream_sends_each_word_with_its_map_and_ends_with_the_batched_answer(server, images):
+    """Greedy here, so each streamed state is a prefix of the caption, and its map is that word's final map."""
+    status, answer = post_image(server, images[2].read_bytes(), attention="true", beam_size="1")
+    assert status == 200, answer
+    image = {"image": ("x.png", images[2].read_bytes())}
+    body, content_type = multipart({"attention": "true", "beam_size": "1"}, image)
+    status, text = request(*server, "POST", "/caption/stream", body, {"Content-Type": content_type})
+    assert status == 200, text
+    *steps, last = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert last == {**answer, "done": True}
+    assert [step["words"] for step in steps] == [answer["words"][:n] for n in range(1, len(answer["words"]) + 1)]
+    for n, step in enumerate(steps):
+        assert step["done"] is False and step["attention"]["grid"] == answer["attention"]["grid"]
+        served, final = torch.tensor(step["attention"]["map"]), torch.tensor(answer["attention"]["maps"][n])
+        torch.testing.assert_close(served, final, rtol=0, atol=2e-5)
+    body, content_type = multipart({"top_p": "2"}, image)
+    status, text = request(*server, "POST", "/caption/stream", body, {"Content-Type": content_type})
+    assert status == 400 and json.loads(text)["error"].startswith("field 'top_p'")
+
+
 def test_images_of_every_mode_and_size_are_captioned(server, tmp_path):
     for name, path in odd_images(tmp_path).items():  # grayscale, 16-bit, CMYK, palette, EXIF-rotated, 6000 x 4000...
         status, answer = post_image(server, path.read_bytes(), name)

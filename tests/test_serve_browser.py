@@ -56,7 +56,7 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     browser, server, tiny_checkpoint, tmp_path
 ):
     image = sorted((tiny_checkpoint.parent / "shapes" / "test").glob("*.png"))[0]
-    status, expected = post_image(server, image.read_bytes(), image.name, attention="true", beam_size="3")
+    status, expected = post_image(server, image.read_bytes(), image.name, attention="true")  # the checkpoint's spec
     assert status == 200
     page = browser.new_page(viewport={"width": 900, "height": 900})
     errors = []
@@ -64,7 +64,7 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     page.goto(f"http://{server[0]}:{server[1]}/")
 
     page.set_input_files("#file", str(image))
-    page.wait_for_selector("#caption .word", timeout=60_000)
+    page.wait_for_selector("#caption[data-state=done]", timeout=60_000)
     words = page.locator("#caption .word")
     assert words.all_inner_texts() == expected["words"]
     assert page.inner_text("#score") == f"{expected['score']:.3f}"
@@ -99,5 +99,42 @@ def test_the_page_captions_an_upload_shows_each_words_attention_and_reports_a_br
     message = page.inner_text("#error")
     assert "422" in message and "truncated.jpg" in message and "cannot read image" in message
     assert page.is_hidden("#result")
+    assert errors == []
+    page.close()
+
+
+RECORD_STATES = """() => {
+    window.states = [];  // every state of the caption the page shows, with the picture beside it
+    const caption = document.querySelector("#caption"), view = document.querySelector("#view");
+    new MutationObserver(() => window.states.push({
+        state: caption.dataset.state, words: [...caption.querySelectorAll(".word")].map((word) => word.textContent),
+        word: view.dataset.word, pixels: view.toDataURL(),
+    })).observe(caption, {childList: true, subtree: true, attributes: true});
+}"""
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_caption_growing_word_by_word_with_the_map_of_the_word_being_written(
+    browser, server, tiny_checkpoint
+):
+    image = sorted((tiny_checkpoint.parent / "shapes" / "test").glob("*.png"))[1]
+    status, expected = post_image(server, image.read_bytes(), image.name, attention="true")  # not streamed
+    assert status == 200
+    page = browser.new_page(viewport={"width": 900, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"http://{server[0]}:{server[1]}/")
+    page.evaluate(RECORD_STATES)
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#caption[data-state=done]", timeout=60_000)
+    states = page.evaluate("window.states")
+    growing = [s for s in states if s["state"] == "streaming" and s["words"]]
+    growing = [s for i, s in enumerate(growing) if i == 0 or s["words"] != growing[i - 1]["words"]]
+    assert len(growing) >= 3, [s["words"] for s in states]
+    assert [len(s["words"]) for s in growing] == list(range(1, len(growing) + 1))  # one more word at each state
+    assert all(s["word"] == str(len(s["words"]) - 1) for s in growing)  # the map shown is the newest word's
+    assert len({s["pixels"] for s in growing}) > 1  # and it changes as the words come
+    assert page.locator("#caption .word").all_inner_texts() == expected["words"]  # the end: the non-streamed caption
+    assert page.inner_text("#score") == f"{expected['score']:.3f}"
     assert errors == []
     page.close()

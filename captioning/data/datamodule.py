@@ -303,9 +303,8 @@ class CaptionDataModule(LightningDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}[stage]
         for split in needed:
             if split not in self.datasets:
-                transform = build_transform(
-                    self.hparams.encoder, self.hparams.image_size, train=split == "train", augment=self.hparams.augment
-                )
+                hp = self.hparams  # 8-bit pixels to the device, a quarter of float32's bytes; the encoder normalises
+                transform = build_transform(hp.encoder, hp.image_size, split == "train", hp.augment, uint8=True)
                 self.datasets[split] = self._dataset(split, transform)
         if stage == "fit" and self.tokenizer is None:
             captions = (c for record in self.datasets["train"].records for c in record.captions)
@@ -383,6 +382,13 @@ class CaptionDataModule(LightningDataModule):
             if cache is None or cache.key != key:
                 cache = self.feature_caches[split] = FeatureCache(Path(self.hparams.feature_cache) / split, key)
             self.datasets[split] = FeatureDataset(self.datasets[split].records, cache)
+
+    def images_in_split(self, split: str) -> int:
+        """Images in a loaded split over all processes: a streamed split's loader holds one process's share."""
+        dataset = self.datasets[split]
+        if hasattr(dataset, "num_images"):
+            return dataset.num_images
+        return len(getattr(dataset, "records", dataset))
 
     def references(self, split: str) -> dict:
         """Reference captions by image id."""

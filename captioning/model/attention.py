@@ -110,7 +110,9 @@ class Attention(nn.Module):
                 k, v = cache.append(k, v)  # (B*G, nh, past + T, hs)
             if is_causal and past and T > 1:
                 raise ValueError("causal attention over a cache takes one new position at a time")
-            is_causal = is_causal and T > 1
+            # One new position over a cache sees all of it. Decided by `past`, a Python int, and not by `T > 1`: under
+            # torch.compile with varying caption widths T is symbolic, and a symbolic bool would break the graph.
+            is_causal = is_causal and not past
         else:  # cross-attention: K, V from the image memory, projected once per image
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v

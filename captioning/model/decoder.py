@@ -124,12 +124,18 @@ class TextDecoder(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.token_embed.weight  # tied: one matrix reads and writes words
         self.apply(_init_weights)
-        self._compiled_blocks: list[nn.Module] | None = None  # a plain list: the state_dict keeps its names
+        self._compiled_stack = None  # a compiled `run_blocks`, not a module: the state_dict keeps its names
 
     def compile_blocks(self, **options) -> None:
-        """torch.compile of the blocks for whole-caption passes (training, scoring); step-by-step decoding with caches
-        stays eager, since its growing caches would recompile at every length. `options` go to torch.compile."""
-        self._compiled_blocks = [torch.compile(block, **options) for block in self.blocks]
+        """torch.compile of the stack of blocks for whole-caption passes (training, SCST's teacher-forced pass,
+        scoring); step-by-step decoding with caches stays eager, since its growing caches would recompile at every
+        length. The stack is one graph, not one per block: the first block, which has no focus before it, would
+        otherwise recompile the graph that the others share. Widths vary from batch to batch: the first change makes
+        the width dynamic (one recompile), and no width recompiles after that. `options` go to torch.compile.
+
+        The decoder is an argument of the compiled function, not bound to it, so that a copy (the EMA's deepcopy)
+        runs its own weights."""
+        self._compiled_stack = torch.compile(run_blocks, **options)
 
     def new_caches(self) -> list[tuple[KVCache, KVCache]]:
         """Empty (self-attention, cross-attention) caches, one pair per block, for step-by-step decoding."""
@@ -165,11 +171,10 @@ class TextDecoder(nn.Module):
             Logits (B*G, T, V), or (N, V) at the N masked positions in row-major order.
         """
         x = self.embed(tokens, start)
-        focus = None  # where the block before looked (see `focus`)
         if caches is None:
-            for block in self._compiled_blocks or self.blocks:
-                x, focus = block(x, memory, None, self.memory_grid, focus)
+            x = (self._compiled_stack or run_blocks)(self, x, memory)
         else:
+            focus = None  # where the block before looked (see `focus`)
             for block, cache in zip(self.blocks, caches, strict=True):
                 x, focus = block(x, memory, cache, self.memory_grid, focus)
         if mask is not None:
@@ -185,6 +190,14 @@ class TextDecoder(nn.Module):
             self_maps.append(self_weights)
             cross_maps.append(cross_weights)
         return self.head(self.norm(x)), torch.stack(self_maps), torch.stack(cross_maps)
+
+
+def run_blocks(decoder: TextDecoder, x: Tensor, memory: Tensor) -> Tensor:
+    """The decoder's blocks over whole captions (B*G, T, D), without caches."""
+    focus = None  # where the block before looked (see `focus`)
+    for block in decoder.blocks:
+        x, focus = block(x, memory, None, decoder.memory_grid, focus)
+    return x
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from captioning.data.transforms import data_config
 from captioning.errors import UserError, first_line
 from captioning.timm_names import check_model_name
 
@@ -44,6 +45,12 @@ class ImageEncoder(nn.Module):
             # would normalise with batch statistics and overwrite the trunk's running statistics.
             self.trunk.eval()
         self.output_fmt = getattr(self.trunk, "output_fmt", "NCHW")  # e.g. Swin returns NHWC maps
+        # 8-bit pixels are normalised here, on the device: (x / 255 - mean) / std = x * scale - shift, as the float
+        # transform computes it. Not saved: the encoder's name and image size define them.
+        config = data_config(name, image_size)
+        std = torch.tensor(config["std"], dtype=torch.float32).view(3, 1, 1)
+        self.register_buffer("pixel_scale", 1 / (255 * std), persistent=False)
+        self.register_buffer("pixel_shift", torch.tensor(config["mean"]).view(3, 1, 1) / std, persistent=False)
         size = image_size or self.trunk.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
         self._probe_output(size)
 
@@ -113,7 +120,9 @@ class ImageEncoder(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> Tensor:
-        """Encodes images (B, 3, H, W) to tokens (B, M, C_enc)."""
+        """Encodes images (B, 3, H, W), normalised floats or 8-bit pixels, to tokens (B, M, C_enc)."""
+        if images.dtype == torch.uint8:
+            images = images.to(self.pixel_scale.dtype).mul_(self.pixel_scale).sub_(self.pixel_shift)
         features = self.trunk.forward_features(images)
         if features.ndim == 4:
             if self.output_fmt == "NHWC":

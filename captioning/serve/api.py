@@ -1,12 +1,17 @@
-"""The LitServe API of `POST /caption`: a Captioner in an inference worker, fed batches of checked requests.
+"""The LitServe APIs: `POST /caption`, a Captioner in an inference worker fed batches of checked requests, and
+`POST /caption/stream`, one request at a time whose caption comes word by word.
 
 LitServe's dynamic batching collects up to `max_batch_size` requests within `batch_timeout` seconds; `predict`
 captions them together, in groups that share their decoding options. Requests are read and checked in the HTTP
-process first (captioning.serve.upload), so a bad upload gets its 4xx there and never fails a batch.
+process first (captioning.serve.upload), so a bad upload gets its 4xx there and never fails a batch. The stream is
+newline-delimited JSON: after each step the words so far with the map of the newest word, then the whole result.
 """
 
 # No `from __future__ import annotations` here: LitServe reads decode_request's annotation as an object, and FastAPI
 # then resolves the `Depends` in it to build the endpoint.
+import queue
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import litserve as ls
@@ -28,8 +33,10 @@ class CaptionAPI(ls.LitAPI):
         max_batch_size: int = 16,
         batch_timeout: float = 0.01,
         threads: int | None = None,
+        api_path: str = "/caption",
+        stream: bool = False,
     ):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/caption")
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path, stream=stream)
         self.checkpoint = checkpoint
         self.threads = threads
         reader_dependency = Depends(reader)
@@ -85,6 +92,52 @@ class CaptionAPI(ls.LitAPI):
 
     def encode_response(self, output: dict[str, Any]) -> dict[str, Any]:
         return output
+
+
+class CaptionStreamAPI(CaptionAPI):
+    """`POST /caption/stream`: the fields of `POST /caption`; each request alone, its caption streamed as it is
+    decoded. The last line is what `POST /caption` answers, with "done": true."""
+
+    batch, unbatch = ls.LitAPI.batch, ls.LitAPI.unbatch  # one request at a time
+
+    def __init__(self, checkpoint: str, reader: UploadReader, threads: int | None = None):
+        super().__init__(checkpoint, reader, max_batch_size=1, threads=threads, api_path="/caption/stream", stream=True)
+
+    def predict(self, request: CaptionRequest) -> Iterator[dict[str, Any]]:
+        steps: queue.Queue = queue.Queue()  # decoding runs in a thread: its per-step callback cannot yield here
+
+        def run() -> None:
+            try:
+                options = {**request.options.caption_kwargs(), "batch_size": 1}
+                done = self.captioner.caption([request.image], on_step=lambda so_far: steps.put(so_far[0]), **options)
+                steps.put({"done": done[0]})
+            except Exception as error:  # noqa: BLE001 -- raised again below, in LitServe's own worker thread
+                steps.put(error)
+
+        threading.Thread(target=run, daemon=True).start()
+        words = None
+        while True:
+            item = steps.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, dict):
+                yield {**_caption_json(item["done"], request.options.attention), "done": True}
+                return
+            if item.words != words:  # the step that writes the end token adds no word
+                words = item.words
+                yield _step_json(item, request.options.attention)
+
+    def encode_response(self, outputs: Iterator[dict[str, Any]]):  # no return type: FastAPI would read it as a model
+        yield from outputs
+
+
+def _step_json(caption, attention: bool) -> dict[str, Any]:
+    """The caption so far: its words and, on request, the map (H, W) of the word written last."""
+    result = {"caption": caption.text, "words": caption.words, "done": False}
+    if attention and caption.words:
+        maps = caption.attention_map  # (T, H, W)
+        result["attention"] = {"grid": list(maps.shape[1:]), "map": maps[-1].double().round(decimals=DIGITS).tolist()}
+    return result
 
 
 def _caption_json(caption, attention: bool) -> dict[str, Any]:

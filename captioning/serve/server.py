@@ -1,7 +1,11 @@
 """`captioning serve`: a checkpoint behind an HTTP API (LitServe, dynamic batching) with a demo page.
 
     POST /caption   multipart form: file field `image`, optional decoding fields (beam_size, sample, top_p, ...,
-                    attention=true) -> {"caption", "score", "tokens", "words", "attention": {"grid", "maps"}}
+                    attention=true; default: the checkpoint's decoding spec)
+                    -> {"caption", "score", "tokens", "words", "ended", "attention": {"grid", "maps"}}
+    POST /caption/stream  the same form -> newline-delimited JSON, one line per decoding step:
+                    {"caption", "words", "done": false, "attention": {"grid", "map"}} (the newest word's map), then
+                    the line of POST /caption with "done": true
     GET  /health    "ok" once the model is loaded
     GET  /          the demo page: drop an image, see its caption and each word's cross-attention
 
@@ -93,7 +97,7 @@ def build_server(options: argparse.Namespace):
     from starlette.exceptions import HTTPException
 
     from captioning.checkpoint import load_checkpoint, training_data
-    from captioning.serve.api import CaptionAPI
+    from captioning.serve.api import CaptionAPI, CaptionStreamAPI
     from captioning.serve.upload import UploadReader
 
     # a bad checkpoint fails here, before any worker starts; mmap: only its config and training data are read here
@@ -108,7 +112,8 @@ def build_server(options: argparse.Namespace):
     )
     metadata = {"checkpoint": Path(options.checkpoint).name, "encoder": config.encoder, "image_size": config.image_size}
     metadata["trained_on"] = training_data(options.checkpoint)  # the page says it: photos to a shapes model ...
-    server = ls.LitServer(api, accelerator=options.device, devices=1, model_metadata=metadata)
+    stream = CaptionStreamAPI(str(Path(options.checkpoint).resolve()), reader, threads=options.threads)
+    server = ls.LitServer([api, stream], accelerator=options.device, devices=1, model_metadata=metadata)
     app = server.app
 
     async def error_json(request: Request, error: HTTPException) -> JSONResponse:

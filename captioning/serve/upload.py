@@ -43,17 +43,18 @@ TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to decode one caption (the keyword arguments of `Captioner.caption`), plus whether to return attention."""
+    """How to decode one caption (the keyword arguments of `Captioner.caption`; None: the checkpoint's spec), plus
+    whether to return attention."""
 
-    beam_size: int = 3
+    beam_size: int | None = None
     max_length: int | None = None
-    min_length: int = 1
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    min_length: int | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
     seed: int | None = None
     attention: bool = False
 

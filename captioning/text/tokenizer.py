@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from torch import Tensor
 
 from captioning.errors import UserError
 from captioning.metrics.words import ENGLISH, check_language, join_words, split_lines
@@ -24,6 +23,9 @@ UNK_WORD = "<unk>"  # the unknown token in text: PTB tokenization keeps it as on
 # PTB tokenization writes brackets as these words but would split the words themselves ("-lrb-" -> "lrb"):
 # decoded text shows the bracket, which tokenizes back to the word
 _LANGUAGE = "captioning_language"  # the key that wraps a non-English tokenizer's JSON with its language
+if TYPE_CHECKING:  # torch only where tensors are made: onnxruntime users decode words without it
+    from torch import Tensor
+
 _BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
 
 
@@ -79,6 +81,8 @@ class CaptionTokenizer:
         lines = split_lines(captions, self.language) if self.ptb else captions
         rows = [[self.bos_id, *e.ids[: max_length - 1], self.eos_id] for e in self.tokenizer.encode_batch(lines)]
         width = max(len(row) for row in rows)
+        import torch
+
         return torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows], dtype=torch.long)
 
     def id_to_word(self, token: int) -> str:
@@ -91,7 +95,7 @@ class CaptionTokenizer:
 
         The language's word rule gives the caption's words back, so it scores as the model wrote it.
         """
-        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # a tensor or an array
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         return join_words((self._words[i] for i in ids if i != self.pad_id and i != self.bos_id), self.language)

@@ -19,24 +19,29 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
 from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries
 from captioning.data.transforms import data_config
+from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
 from captioning.metrics.words import split_lines
 from captioning.model.captioner import CaptioningModel, ModelConfig
-from captioning.model.generation import beam_search, greedy_decode, sample_decode
+from captioning.model.generation import decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
 from captioning.training.diagnostics import caption_diagnostics, collapse_warning
+from captioning.training.distributed import share_from_first
 from captioning.training.ema import WeightAverage
 from captioning.training.foil import FoilProbe
 from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
+from captioning.training.progress import StepProgressBar
+from captioning.training.schedule import build_schedule, describe, scaled_lr
 
 
 class CaptioningModule(LightningModule):
@@ -74,7 +79,12 @@ class CaptioningModule(LightningModule):
         layer_decay: layer-wise learning-rate decay for the encoder trunk (e.g. 0.75): each layer below the top gets
             this factor once more. None: one rate for the whole encoder.
         encoder_frozen_epochs: the encoder's learning rate is 0 for this many epochs (the decoder settles first).
-        warmup_steps: steps of linear learning-rate warm-up.
+        warmup_steps: steps of linear learning-rate warm-up (older configs); `warmup_epochs` replaces it when set.
+        warmup_epochs: linear learning-rate warm-up in epochs (e.g. 1.0, or 0.25): the same share of the run on any
+            number of GPUs, where a warm-up in steps covers 8 times as many epochs on 8 GPUs.
+        lr_scaling: how the optimizer's learning rate follows the global batch (images per optimizer step, over all
+            processes and accumulated batches): "linear", "sqrt" (the usual rule for Adam) or "none".
+        reference_batch_size: the global batch at which the optimizer's learning rate was tuned (for `lr_scaling`).
         min_lr_ratio: the cosine decay ends at this fraction of the peak learning rate.
         scst: train with self-critical sequence training on CIDEr-D instead of cross-entropy.
         scst_samples: K captions sampled per image in each SCST step.
@@ -113,6 +123,9 @@ class CaptioningModule(LightningModule):
         layer_decay: float | None = None,
         encoder_frozen_epochs: int = 0,
         warmup_steps: int = 200,
+        warmup_epochs: float | None = None,
+        lr_scaling: Literal["none", "linear", "sqrt"] = "none",
+        reference_batch_size: int | None = None,
         min_lr_ratio: float = 0.05,
         scst: bool = False,
         scst_samples: int = 5,
@@ -142,6 +155,7 @@ class CaptioningModule(LightningModule):
         self.skipped_images = 0
         self.skipped_batches = 0  # batches without a readable image, trained on a zero-weight placeholder
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._guard_read_at = -1  # the step at which the guard's counters were last read
         self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
         self._training_data: dict | None = None  # kept in checkpoints (see `CaptionDataModule.training_data`)
         # The checkpoint that the trainer will restore (`--ckpt_path`, set by the CLI): the model is built from it, so
@@ -187,6 +201,8 @@ class CaptioningModule(LightningModule):
         if self.model is None or self.model.config != config or self.tokenizer.to_json() != entry["tokenizer"]:
             self._build(config, CaptionTokenizer.from_json(entry["tokenizer"]))
             self._start_average()  # its saved state follows
+        if "nonfinite" in checkpoint:
+            self.nonfinite.load_state_dict(checkpoint["nonfinite"])
         state = checkpoint["state_dict"]
         has_average = any(key.startswith("ema.") for key in state)
         if has_average and self.ema is None:  # evaluating without an average of its own: the average is the model
@@ -235,6 +251,8 @@ class CaptioningModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Refused before the file is written: a diverged model never replaces the last good checkpoint.
+        self.nonfinite.check_limit(self.global_step)
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()  # a resumed run keeps its counts and its run in a row
         weights = checkpoint["state_dict"].items()
         broken = next((k for k, v in weights if v.is_floating_point() and not v.isfinite().all()), None)
         if broken is not None:
@@ -242,7 +260,13 @@ class CaptioningModule(LightningModule):
                 f"step {self.global_step}: the weights hold non-finite values ({broken}); no checkpoint is saved, "
                 "so the last one on disk stays the last good one"
             )
-        checkpoint["captioning"] = checkpoint_metadata(self.model.config, self.tokenizer, self._training_data)
+        metadata = checkpoint_metadata(self.model.config, self.tokenizer, self._training_data, self._eval_spec())
+        checkpoint["captioning"] = metadata  # the spec: `caption`, `serve` and exports decode as validation did
+
+    def configure_callbacks(self) -> list:
+        """Lightning's default bar is replaced by one that shows the logged training metrics (see `progress`)."""
+        bars = [c for c in self.trainer.callbacks if type(c) is TQDMProgressBar]
+        return [StepProgressBar(bars[0].refresh_rate, bars[0].process_position)] if bars else []
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -256,21 +280,27 @@ class CaptioningModule(LightningModule):
         groups = parameter_groups(self.model, hp.encoder_lr_scale, hp.layer_decay)
         optimizer = self.optimizer_factory(groups)
         use_fused_kernel(optimizer)
+        lr, global_batch = optimizer.defaults["lr"], self._global_batch()
+        rule, reference = hp.get("lr_scaling", "none"), hp.get("reference_batch_size")
+        optimizer.defaults["lr"] = scaled_lr(lr, global_batch, reference, rule)
         apply_lr_scales(optimizer)
         total = max(1, self.trainer.estimated_stepping_batches)  # sets up the training data, so its length is known
         frozen_steps = hp.encoder_frozen_epochs * self._steps_per_epoch() if hp.encoder_frozen_epochs else 0
-        warmup, floor = hp.warmup_steps, hp.min_lr_ratio
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to `floor`
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        schedule = build_schedule(
+            hp.warmup_steps, hp.get("warmup_epochs"), self._steps_per_epoch, total, hp.min_lr_ratio
+        )
+        if self.trainer.is_global_zero:
+            print(describe(lr, optimizer.defaults["lr"], global_batch, rule, reference, schedule), flush=True)
 
         groups = optimizer.param_groups
         lambdas = [lambda step, g=g: schedule(step) * frozen_encoder_factor(g, step, frozen_steps) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _global_batch(self) -> int:
+        """Images per optimizer step over all processes: the data's batch size x processes x accumulated batches."""
+        batch_size = getattr(self.trainer.datamodule, "hparams", {}).get("batch_size", 0)
+        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def _steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch, as Lightning counts them (not total / max_epochs: max_steps may cut a run)."""
@@ -296,10 +326,14 @@ class CaptioningModule(LightningModule):
             return self._self_critical_step(batch)
         tokens = batch["tokens"]  # (B*K, T+1): [BOS] words [EOS] [PAD]...
         targets = tokens[:, 1:]  # (B*K, T)
-        real = targets != self.tokenizer.pad_id  # the LM head and the loss run only where there is a word to write
-        logits = self.model.decoder(tokens[:, :-1], self._memory(batch), mask=real)  # (N, V), N real positions
-        loss = F.cross_entropy(logits.float(), targets[real], label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_ids"]))
+        logits = self.model.decoder(tokens[:, :-1], self._memory(batch))  # (B*K, T, V)
+        # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.tokenizer.pad_id,
+            label_smoothing=self.hparams.label_smoothing,
+        )  # fmt: skip
+        # Not on the progress bar: Lightning reads its values back at every step (the bars show the logged ones).
+        self.log("train/loss", loss, batch_size=len(batch["image_ids"]))
         return loss
 
     def _placeholder_step(self) -> torch.Tensor:
@@ -319,15 +353,15 @@ class CaptioningModule(LightningModule):
         """Samples K captions per image, rewards each with CIDEr-D, and returns the policy-gradient loss."""
         K, tok, image_ids = self.hparams.scst_samples, self.tokenizer, batch["image_ids"]
         memory = self._memory(batch)  # (B, M, D)
-        ids = (tok.bos_id, tok.eos_id, tok.pad_id)
         never = self._never_tokens()
         decoder = self.model.decoder
-        decoder.eval()  # samples come from the policy without dropout; the log-probabilities below keep it
-        samples = sample_decode(decoder, memory.detach(), *ids, num_samples=K, suppress_tokens=never)
+        # One policy (REINFORCE): samples come from the decoder without dropout, and so do their log-probabilities below
+        decoder.eval()
+        spec = self._eval_spec()  # evaluation's rules: the captions that are sampled are those that are scored
+        samples = decode(decoder, memory.detach(), spec.with_options(sample=True, num_samples=K), tok)
         greedy = None
         if self.hparams.scst_baseline == "greedy":
-            greedy = greedy_decode(decoder, memory.detach(), *ids, suppress_tokens=never)
-        decoder.train()
+            greedy = decode(decoder, memory.detach(), spec.with_options(beam_size=1), tok)
 
         tokens = samples.tokens  # (B*K, L) after the start token, padded after the end token
         mask, ended = scst.caption_mask(tokens, tok.eos_id)  # (B*K, L), (B*K,)
@@ -344,13 +378,14 @@ class CaptioningModule(LightningModule):
 
         inputs = torch.cat([torch.full_like(tokens[:, :1], tok.bos_id), tokens[:, :-1]], dim=1)  # (B*K, L)
         logits = decoder(inputs, memory)  # (B*K, L, V): the K samples of an image share its memory
+        decoder.train()  # dropout off until here: the gradient pass scores the policy that sampled
         banned = torch.tensor(never, device=logits.device)
         logits = logits.index_fill(-1, banned, float("-inf"))  # the policy that was sampled never writes these
         log_probs, entropy = scst.sequence_log_probs(logits, tokens, mask)
         loss = scst.self_critical_loss(log_probs, rewards, baselines)
         B = len(image_ids)
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
-        self.log("scst/reward", rewards.mean(), prog_bar=True, batch_size=B)
+        self.log("train/loss", loss, batch_size=B)
+        self.log("scst/reward", rewards.mean(), batch_size=B)
         self.log("scst/baseline", baselines.mean(), batch_size=B)
         self.log("scst/advantage_std", (rewards - baselines).std(), batch_size=B)
         self.log("scst/sample_length", mask.sum(dim=1).float().mean(), batch_size=B)
@@ -372,6 +407,8 @@ class CaptioningModule(LightningModule):
         if self.hparams.scst:  # the reward must stay a small share of the step: measured, not assumed
             share = self._reward_seconds / max(1e-9, time.perf_counter() - self._step_started)
             self.log("scst/reward_time_share", share, batch_size=len(batch["image_ids"]))
+        if self.global_step % self.trainer.log_every_n_steps == 0 and self.global_step != self._guard_read_at:
+            self._report_nonfinite()  # the guard's counters are read at logging steps only
 
     def on_before_zero_grad(self, optimizer) -> None:
         if self.ema is not None:  # after each optimizer step (Lightning calls this once the step is taken)
@@ -387,6 +424,7 @@ class CaptioningModule(LightningModule):
         self.log("train/skipped_images", skipped)
         self.log("train/skipped_batches", empty)
         self.skipped_images = self.skipped_batches = 0
+        self._report_nonfinite()
 
     # ------------------------------------------------------------------------------------- non-finite guard
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
@@ -394,25 +432,39 @@ class CaptioningModule(LightningModule):
         super().backward(loss, *args, **kwargs)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Lightning calls it after mixed precision unscales the gradients and before it clips them."""
-        if not self.nonfinite.skip_step(optimizer, self._on_any_process):
-            return
-        guard = self.nonfinite
-        self.log("train/nonfinite_steps", float(guard.skipped))
-        rank_zero_warn(
-            f"step {self.global_step}: non-finite loss or gradient, step skipped ({guard.in_a_row} in a row, "
-            f"{guard.skipped} in this run; the run stops at {guard.limit} in a row)"
-        )
+        """Lightning calls it after mixed precision unscales the gradients and before it clips them. A fused optimizer
+        skips a non-finite step on the device; the guard's counters are read at logging steps (`_report_nonfinite`)."""
+        if self.nonfinite.check(optimizer, self._on_any_process):  # only an unfused optimizer gets a verdict here
+            self._report_nonfinite()
+
+    def _report_nonfinite(self) -> None:
+        """Logs and warns about the steps skipped since the last report, and stops a run that hit the limit."""
+        guard, self._guard_read_at = self.nonfinite, self.global_step
+        new = guard.newly_skipped()
+        if new:
+            rank_zero_warn(
+                f"step {self.global_step}: {new} step(s) with a non-finite loss or gradient skipped since the last "
+                f"report ({guard.in_a_row} in a row now, {guard.skipped} in this run; the run stops at {guard.limit} "
+                "in a row)"
+            )
+        if guard.skipped:
+            self.log("train/nonfinite_steps", float(guard.skipped))
         guard.check_limit(self.global_step)
 
     def _on_any_process(self, flag: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(flag.float().to(self.device), reduce_op="max")
+        """Max of a flag over all processes: an all-reduce that the device queues, without Lightning's barrier."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag
 
     # ---------------------------------------------------------------------------------- validation and test
+    def _eval_spec(self) -> DecodeSpec:
+        """How validation, test and predict decode; a checkpoint's captions default to it (see `default_spec`)."""
+        return DecodeSpec.beams(self.hparams.eval_beam_size, length_penalty=self.hparams.eval_length_penalty)
+
     def _never_tokens(self) -> list[int]:
-        """Tokens no caption may contain: padding and start are not words, and an unknown word is no answer."""
-        tok = self.tokenizer
-        return [tok.pad_id, tok.bos_id, tok.unk_id]
+        """Tokens no caption may contain (the spec's rule), which the SCST loss bans as its sampler did."""
+        return self._eval_spec().never(self.tokenizer)
 
     @torch.no_grad()
     def caption_batch(self, batch: dict) -> dict:
@@ -422,15 +474,8 @@ class CaptioningModule(LightningModule):
         return self._caption_memory(self.eval_model, self._memory(batch, self.eval_model), batch["image_ids"])
 
     def _caption_memory(self, model: CaptioningModel, memory: torch.Tensor, image_ids: list) -> dict:
-        tok, hp = self.tokenizer, self.hparams
-        ids = (tok.bos_id, tok.eos_id, tok.pad_id)
-        rules = {"min_length": 1, "suppress_tokens": self._never_tokens()}  # as `captioning caption` decodes
-        if hp.eval_beam_size > 1:
-            beams = {"beam_size": hp.eval_beam_size, "length_penalty": hp.eval_length_penalty}
-            generated = beam_search(model.decoder, memory, *ids, **beams, **rules)
-        else:
-            generated = greedy_decode(model.decoder, memory, *ids, **rules)
-        return dict(zip(image_ids, tok.decode_batch(generated.tokens), strict=True))
+        generated = decode(model.decoder, memory, self._eval_spec(), self.tokenizer)
+        return dict(zip(image_ids, self.tokenizer.decode_batch(generated.tokens), strict=True))
 
     @torch.no_grad()
     def _evaluate_batch(self, batch: dict, split: str) -> None:
@@ -529,11 +574,15 @@ class CaptioningModule(LightningModule):
                 references = self.trainer.datamodule.references(split)
                 self._scorers[split] = CaptionScorer(references, metrics=metrics, language=self.tokenizer.language)
             scores = self._scorers[split].score(captions)
-        return self.trainer.strategy.broadcast(scores, src=0)
+        return share_from_first(scores)  # the others wait for as long as the scoring takes (see `distributed`)
 
 
 def _dataset_size(trainer) -> int:
-    """Images in the split being tested: the test loader's dataset, whatever sampler shards it."""
+    """Images in the split being tested, over all processes: the datamodule's count (a streamed split's loader holds
+    one process's share), else the test loader's dataset, whatever sampler shards it."""
+    count = getattr(trainer.datamodule, "images_in_split", None)
+    if count is not None:
+        return count("test")
     loaders = trainer.test_dataloaders
     loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
     return len(loader.dataset)

@@ -1,5 +1,12 @@
 """The non-finite guard: an optimizer step whose loss or gradient is NaN or inf on any process is skipped (no weight
-update), and the run stops after `limit` such steps in a row, with the last good weights and checkpoints kept."""
+update), and the run stops after `limit` such steps in a row, with the last good weights and checkpoints kept.
+
+The verdict stays on the device: one fused reduction over every gradient (`torch._foreach_norm`, max norm, so a large
+finite gradient never overflows into a false alarm), all-reduced with max, and handed to a fused optimizer as its
+`found_inf` flag, the way `torch.amp.GradScaler` skips a step. Its counters live on the device too and are read only
+when someone asks (logging steps, checkpoints, the end of an epoch). An optimizer without a fused kernel cannot skip on
+the device: for it the verdict is read on the host at every step, as before.
+"""
 
 from __future__ import annotations
 
@@ -19,43 +26,105 @@ class NonFiniteGuard:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.skipped = 0  # steps skipped in this run
-        self.in_a_row = 0
-        self._losses_finite: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
+        # () float counters, moved to the device at the first step: skipped in this run, in a row now, longest run
+        self._skipped, self._streak, self._longest = torch.zeros(()), torch.zeros(()), torch.zeros(())
+        self._reported = 0  # skipped steps already reported (`newly_skipped`)
 
+    # ------------------------------------------------------------------------------------------ counters
+    @property
+    def skipped(self) -> int:
+        """Steps skipped in this run (reads the device)."""
+        return int(self._skipped)
+
+    @property
+    def in_a_row(self) -> int:
+        """Skipped steps in a row up to the last one (reads the device)."""
+        return int(self._streak)
+
+    def state_dict(self) -> dict:
+        """The counters, for checkpoints: a resumed run keeps its count and its run in a row."""
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row, "longest": int(self._longest)}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self._skipped.device
+        self._skipped, self._streak, self._longest = (
+            torch.tensor(float(state.get(key, state["in_a_row"])), device=device)
+            for key in ("skipped", "in_a_row", "longest")
+        )
+        self._reported = int(state["skipped"])
+
+    def newly_skipped(self) -> int:
+        """Skipped steps since the last call (reads the device)."""
+        skipped = self.skipped
+        new, self._reported = skipped - self._reported, skipped
+        return new
+
+    # ------------------------------------------------------------------------------------------ per step
     def observe_loss(self, loss: torch.Tensor) -> None:
-        """Before each backward pass (several per step with gradient accumulation); no sync with the device."""
-        finite = loss.detach().isfinite().all()
-        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+        """Before each backward pass (several per step with gradient accumulation); no work on the device."""
+        self._losses.append(loss)
 
-    def skip_step(self, optimizer: torch.optim.Optimizer, any_process: Callable[[torch.Tensor], torch.Tensor]) -> bool:
-        """Whether this step must be skipped: a loss or gradient was non-finite on any process. If so, drops the
-        gradients (optimizers leave a parameter without one alone: no update, no decay) and counts the step.
+    def check(
+        self, optimizer: torch.optim.Optimizer, any_process: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> bool | None:
+        """Flags this step for skipping when a loss or gradient was non-finite on any process.
+
+        Where the optimizer is fused (`skips_on_device`) the flag goes to it as `found_inf` and nothing is read on
+        the host; None is returned. Otherwise the verdict is read, the gradients are dropped on a bad step (optimizers
+        leave a parameter without one alone: no update, no decay), and whether the step is skipped is returned.
 
         Args:
-            any_process: reduces a 0/1 flag with max over all processes, so that every process skips the same steps
-                and the replicas stay equal.
+            any_process: reduces a () float 0/1 flag with max over all processes (in place or not), so that every
+                process skips the same steps and the replicas stay equal; None for one process.
 
         Raises:
-            TrainingDiverged: after `limit` skipped steps in a row.
+            TrainingDiverged: on the host path, after `limit` skipped steps in a row.
         """
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else torch.tensor(True)
-        if self._losses_finite is not None:
-            finite = finite & self._losses_finite.to(finite.device)
-        self._losses_finite = None
-        if not any_process(~finite):
-            self.in_a_row = 0
+        with torch.no_grad():
+            found = _any_non_finite(grads + self._losses)  # () float: 1.0 for a NaN or inf anywhere
+            self._losses = []
+            if any_process is not None:
+                found = any_process(found)
+            if self._skipped.device != found.device:
+                self._skipped, self._streak, self._longest = (t.to(found.device) for t in self._counters())
+            self._skipped.add_(found)
+            self._streak.mul_(found).add_(found)  # one more in a row, or back to 0
+            self._longest = torch.maximum(self._longest, self._streak)
+        if skips_on_device(optimizer):
+            optimizer.found_inf = found  # read by the fused kernel, as GradScaler hands it over
+            return None
+        if not found.item():
             return False
         optimizer.zero_grad(set_to_none=True)
-        self.skipped += 1
-        self.in_a_row += 1
         return True
 
     def check_limit(self, step: int) -> None:
-        if self.in_a_row >= self.limit:
+        """Raises when a run of skipped steps reached the limit (reads the device)."""
+        if int(self._longest) >= self.limit:
             raise TrainingDiverged(
                 f"training diverged: {self.limit} optimizer steps in a row had a non-finite loss or gradient (up to "
                 f"step {step}); the weights and checkpoints are those of the last good step. Lower the learning rate, "
                 "train in bf16 or fp32 rather than fp16, or raise model.max_nonfinite_steps"
             )
+
+    def _counters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._skipped, self._streak, self._longest
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer runs torch's fused kernel, which takes a `found_inf` flag and skips on the device."""
+    return all(group.get("fused") for group in optimizer.param_groups)
+
+
+def _any_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """1.0 if any element of `tensors` is NaN or inf, else 0.0: a () float tensor, computed without a host read.
+
+    The largest magnitude of each tensor (one fused kernel for all), then of all: NaN and inf carry through a max, and
+    unlike a sum of squares a max of finite values never overflows. Times 0 that is 0 when finite and NaN otherwise.
+    """
+    if not tensors:
+        return torch.zeros(())
+    worst = torch.stack(torch._foreach_norm(tensors, float("inf"))).amax()  # () float
+    return worst.mul(0).nan_to_num(1.0)

@@ -1,11 +1,19 @@
 """Progress for a log file: when stdout is not a terminal, a line every N training steps and one per epoch, instead
-of progress bars redrawn many times a second (which fill a redirected log with hundreds of kilobytes)."""
+of progress bars redrawn many times a second (which fill a redirected log with hundreds of kilobytes). On a terminal,
+Lightning's bar, showing the training metrics as of the last logging step.
+
+Training metrics stay off Lightning's own progress-bar metrics, which it reads back from the device at every step (a
+host sync that stalls a GPU); these bars read the logged values only at logging steps.
+"""
 
 from __future__ import annotations
 
 import time
 
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress import ProgressBar
+
+SHOWN = ("train/loss", "scst/reward")  # the logged training metrics that the bars show
 
 
 class LineProgress(ProgressBar):
@@ -39,6 +47,7 @@ class LineProgress(ProgressBar):
             return
         rate = done / max(1e-9, time.monotonic() - self._epoch_started)
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        metrics.update(logged_metrics(trainer))  # read here, every N steps
         of = f"/{total}" if isinstance(total, int) else ""
         self._print(trainer, f"epoch {trainer.current_epoch} step {done}{of}  {_format(metrics)}  ({rate:.2f} it/s)")
 
@@ -47,6 +56,29 @@ class LineProgress(ProgressBar):
             return
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self._print(trainer, f"epoch {trainer.current_epoch} validation  {_format(metrics)}")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, with the logged training metrics as of the last logging step (read only then)."""
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(refresh_rate, process_position, leave)
+        self._shown: dict[str, float] = {}
+        self._read_at = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % max(1, trainer.log_every_n_steps) == 0 and step != self._read_at:
+            self._shown, self._read_at = logged_metrics(trainer), step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return {**super().get_metrics(trainer, pl_module), **self._shown}
+
+
+def logged_metrics(trainer) -> dict[str, float]:
+    """The latest logged values of the metrics in SHOWN (a host read of each)."""
+    return {name: float(value) for name, value in trainer.callback_metrics.items() if name in SHOWN}
 
 
 def _format(metrics: dict) -> str:

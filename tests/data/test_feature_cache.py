@@ -161,6 +161,7 @@ def test_the_cache_is_refused_with_augmentation_or_a_trainable_encoder(shapes_ro
 def test_fit_from_the_cache_through_the_cli_writes_a_checkpoint_that_captions_images(shapes_root, tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     extra = ["--data.feature_cache", str(cache), "--model.freeze_encoder", "true", "--trainer.max_epochs=1"]
+    extra += ["--model.encoder=test_resnet"]  # the shapes config's own BatchNorm trunk, as users run it
     result = run_cli(*tiny_args("fit", shapes_root, run_dir, *extra, "--test_after_fit=false"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (cache / "train" / "key.json").is_file()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captioning.decoding import DecodeSpec, TokenIds
 from captioning.errors import UserError
 from captioning.model import Attention, CaptioningModel, ImageEncoder, ModelConfig
-from captioning.model.generation import greedy_decode
+from captioning.model.generation import decode
 from tests.conftest import TINY_MODEL
 
 V = 30
@@ -75,7 +76,8 @@ def test_cached_greedy_decoding_equals_recomputing_every_step(model):
         tokens, chosen = tokens[:, 1:], torch.stack(chosen, dim=1)  # (3, steps) each
         # The end token is a word that the first caption writes, so that the captions end at different steps.
         eos = next(int(t) for t in tokens[0, 1:] if t > 1)
-        cached = greedy_decode(model.decoder, memory, bos_id=1, eos_id=eos, pad_id=0, max_length=steps)
+        spec = DecodeSpec(mode="greedy", min_length=0, max_length=steps)
+        cached = decode(model.decoder, memory, spec, TokenIds(bos_id=1, eos_id=eos, pad_id=0))
     ends = [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else steps for row in tokens]
     assert min(ends) < steps  # some caption ends early: its log-probability stops at its end token
     assert cached.lengths.tolist() == ends

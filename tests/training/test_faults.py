@@ -34,7 +34,7 @@ class PoisonPixels(Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if batch_idx in self.batches:
-            batch["images"].fill_(float("nan"))
+            batch["images"] = torch.full(batch["images"].shape, float("nan"))  # the loader's are 8-bit: no NaN there
             self.weights_around.setdefault("before", _weights(module))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from captioning.decoding import DecodeSpec, TokenIds
 from captioning.metrics import CaptionScorer
 from captioning.model import CaptioningModel, ModelConfig
-from captioning.model.generation import sample_decode
+from captioning.model.generation import decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
 
@@ -86,8 +87,8 @@ def test_sample_above_baseline_gains_probability_and_below_baseline_loses():
     images = torch.rand(2, 3, 32, 32)
     K = 4
     with torch.no_grad():
-        samples = sample_decode(model.decoder, model.encode(images), BOS, EOS, PAD, num_samples=K,
-                                suppress_tokens=[PAD, BOS], generator=torch.Generator().manual_seed(0))  # fmt: skip
+        spec = DecodeSpec(mode="sample", num_samples=K, min_length=0, seed=0)
+        samples = decode(model.decoder, model.encode(images), spec, TokenIds(BOS, EOS, PAD))
     tokens = samples.tokens  # (B*K, L)
     mask, _ = scst.caption_mask(tokens, EOS)
     inputs = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], dim=1)

@@ -1,5 +1,5 @@
-// The demo page: upload an image to POST /caption (attention=true), show the caption, and draw each word's
-// cross-attention over the image. The map is drawn by dimming where the model does not look (the image keeps its
+// The demo page: upload an image to POST /caption/stream (attention=true), show the caption growing word by word with
+// the map of the word being written, then the whole caption, each word's cross-attention drawn over the image. The map is drawn by dimming where the model does not look (the image keeps its
 // colours where it does); the grid is upsampled by the canvas's bilinear smoothing, like captioning.viz.
 "use strict";
 
@@ -27,50 +27,95 @@ function clearResult() {
   state.pinned = null;
 }
 
+// The image as the browser shows it, or null when it cannot (the caption is still the server's).
+function loadImage(file) {
+  return new Promise((resolve) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => resolve(null);
+    image.src = URL.createObjectURL(file);
+  });
+}
+
 async function upload(file) {
   clearResult();
   $("status").textContent = `captioning ${file.name}...`;
   const form = new FormData();
   form.append("image", file);
   form.append("attention", "true");
-  form.append("beam_size", $("beam-size").value || "3");
-  let response, body;
+  if ($("beam-size").value) form.append("beam_size", $("beam-size").value); // empty: the checkpoint's decoding
+  state.image = await loadImage(file);
+  sizeCanvas();
+  let response;
   try {
-    response = await fetch("/caption", { method: "POST", body: form });
-    body = await response.json();
+    response = await fetch("/caption/stream", { method: "POST", body: form });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      showError(`error ${response.status}: ${body.error || body.detail || "request failed"}`);
+      return;
+    }
+    // Newline-delimited JSON: the words so far after each step, then the whole result ("done": true).
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      const lines = buffer.split("\n");
+      buffer = lines.pop();
+      for (const line of lines.filter((text) => text.trim())) {
+        const event = JSON.parse(line);
+        if (event.done) {
+          state.result = event;
+          showResult();
+        } else {
+          showStep(event);
+          await new Promise(requestAnimationFrame); // each step is painted, however fast the words come
+        }
+      }
+    }
   } catch (error) {
     showError(`error: the server did not answer (${error.message})`);
     return;
   }
-  if (!response.ok) {
-    showError(`error ${response.status}: ${body.error || body.detail || "request failed"}`);
-    return;
-  }
-  state.result = body;
-  const url = URL.createObjectURL(file);
-  const image = new Image();
-  image.onload = () => {
-    state.image = image;
-    showResult();
-  };
-  image.onerror = () => {
-    state.image = null;
-    showResult();
-    $("status").textContent = "(this browser cannot display the image; the caption is the server's)";
-  };
-  image.src = url;
+  if (!state.result) showError("error: the caption stream ended early");
+  else if (!state.image) $("status").textContent = "(this browser cannot display the image; the caption is the server's)";
 }
 
-function showResult() {
-  const { result, image } = state;
+function sizeCanvas() {
+  const { image } = state;
   const canvas = $("view");
   if (image) {
     const scale = SIDE / Math.max(image.naturalWidth, image.naturalHeight);
     canvas.width = Math.max(1, Math.round(image.naturalWidth * scale));
     canvas.height = Math.max(1, Math.round(image.naturalHeight * scale));
   }
+}
+
+// The caption so far, with the map of the word written last.
+function showStep(event) {
+  const caption = $("caption");
+  caption.replaceChildren(...event.words.flatMap((word) => {
+    const span = document.createElement("span");
+    span.className = "word writing";
+    span.textContent = word;
+    return [span, " "];
+  }));
+  caption.dataset.state = "streaming";
+  $("result").hidden = false;
+  const attention = event.attention;
+  if (attention) {
+    const peak = Math.max(1, Math.max(...attention.map.flat()) * attention.grid[0] * attention.grid[1]);
+    drawMap(attention.map, attention.grid, peak);
+    $("view").dataset.word = String(event.words.length - 1);
+  }
+}
+
+function showResult() {
+  const { result } = state;
   const caption = $("caption");
   caption.replaceChildren();
+  caption.dataset.state = "done";
   result.words.forEach((word, index) => {
     const span = document.createElement("button");
     span.type = "button";
@@ -98,22 +143,25 @@ function showResult() {
 
 // Draws the image, dimmed by word `index`'s attention (none: the plain image), and updates the scale and words.
 function draw(index) {
+  document.querySelectorAll(".word").forEach((span) => {
+    span.classList.toggle("active", Number(span.dataset.index) === index);
+  });
+  $("view").dataset.word = index === null ? "" : String(index);
+  const attention = state.result && state.result.attention;
+  drawMap(index === null || !attention ? null : attention.maps[index], attention && attention.grid, state.peak);
+}
+
+// Draws the image dimmed by `map` (H, W), weights on the encoder's `grid`; none: the plain image.
+function drawMap(map, grid, peak) {
   const canvas = $("view");
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, canvas.width, canvas.height);
   if (state.image) context.drawImage(state.image, 0, 0, canvas.width, canvas.height);
-  document.querySelectorAll(".word").forEach((span) => {
-    span.classList.toggle("active", Number(span.dataset.index) === index);
-  });
-  canvas.dataset.word = index === null ? "" : String(index);
-  const attention = state.result && state.result.attention;
-  if (index === null || !attention) {
+  if (!map) {
     $("scale-max").textContent = "max";
     return;
   }
-  const map = attention.maps[index]; // (H, W) weights on the encoder's grid
-  const [rows, cols] = attention.grid;
-  const peak = state.peak;
+  const [rows, cols] = grid;
   const cells = document.createElement("canvas");
   cells.width = cols;
   cells.height = rows;

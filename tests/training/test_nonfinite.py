@@ -1,0 +1,102 @@
+"""The non-finite guard on the device: a fused optimizer skips a NaN or inf step without a host read, a large finite
+gradient is no false alarm, the counters survive a checkpoint, and an unfused optimizer still gets a host verdict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from captioning.errors import TrainingDiverged
+from captioning.training.nonfinite import NonFiniteGuard
+from tests.training.audit import OpCounter
+
+
+def _model_and_optimizer(fused: bool = True) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 2))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
+
+
+def _step(model, optimizer, guard: NonFiniteGuard, inputs: torch.Tensor) -> torch.Tensor:
+    """One training step as Lightning runs it: loss, backward, the guard, the optimizer step."""
+    loss = model(inputs).square().mean()
+    guard.observe_loss(loss)
+    loss.backward()
+    guard.check(optimizer)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
+def test_a_fused_optimizer_skips_a_nan_step_on_the_device_and_trains_after_it(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    _step(model, optimizer, guard, torch.randn(4, 8))  # the optimizer's state exists from here on
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    counter = OpCounter()
+    with counter:
+        _step(model, optimizer, guard, torch.full((4, 8), float("nan")))
+    assert counter.syncs == 0  # nothing read back on the host
+    weights, state = model.state_dict(), optimizer.state_dict()
+    assert all(torch.equal(before[0][k], v) for k, v in weights.items())  # no update, no decay
+    for key, moments in state["state"].items():  # Adam's moments and step count untouched too
+        assert all(torch.equal(before[1]["state"][key][name], value) for name, value in moments.items())
+    assert (guard.skipped, guard.in_a_row) == (1, 1)
+    _step(model, optimizer, guard, torch.randn(4, 8))
+    assert (guard.skipped, guard.in_a_row) == (1, 0)
+    assert any(not torch.equal(before[0][k], v) for k, v in model.state_dict().items())
+
+
+def test_an_inf_loss_alone_is_enough_to_skip_the_step(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    guard.observe_loss(torch.tensor(float("inf")))  # e.g. one micro-batch of an accumulated step
+    model(torch.randn(4, 8)).sum().backward()
+    guard.check(optimizer)
+    assert guard.skipped == 1
+
+
+def test_a_large_finite_gradient_is_no_false_alarm(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e30)  # its sum of squares overflows float32; its largest value does not
+    guard.check(optimizer)
+    assert guard.skipped == 0
+
+
+def test_the_run_in_a_row_survives_a_checkpoint_and_stops_the_resumed_run_at_the_limit(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    for _ in range(2):
+        _step(model, optimizer, guard, torch.full((4, 8), float("nan")))
+    guard.check_limit(step=2)  # two in a row: under the limit
+    resumed = NonFiniteGuard(limit=3)
+    resumed.load_state_dict(guard.state_dict())
+    assert (resumed.skipped, resumed.in_a_row, resumed.newly_skipped()) == (2, 2, 0)
+    _step(model, optimizer, resumed, torch.full((4, 8), float("nan")))
+    assert resumed.newly_skipped() == 1
+    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
+        resumed.check_limit(step=3)
+
+
+def test_a_run_that_reached_the_limit_and_recovered_before_the_read_still_stops(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=2)
+    for inputs in (torch.full((4, 8), float("nan")),) * 2 + (torch.randn(4, 8),):
+        _step(model, optimizer, guard, inputs)
+    assert guard.in_a_row == 0
+    with pytest.raises(TrainingDiverged):
+        guard.check_limit(step=3)  # read at a logging step after the streak ended
+
+
+def test_an_unfused_optimizer_gets_the_verdict_on_the_host_and_its_gradients_dropped(one_thread):
+    model, optimizer = _model_and_optimizer(fused=False)
+    guard = NonFiniteGuard(limit=3)
+    model(torch.full((4, 8), float("nan"))).sum().backward()
+    assert guard.check(optimizer) is True
+    assert all(p.grad is None for p in model.parameters())
+    model(torch.randn(4, 8)).sum().backward()
+    assert guard.check(optimizer) is False
