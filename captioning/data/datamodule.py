@@ -28,7 +28,7 @@ from captioning.data.folder import load_folder_records
 from captioning.data.parquet import load_parquet_records
 from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
-from captioning.data.shapes_positions import position_scores
+from captioning.data.shapes_checks import ShapesCaptionChecks
 from captioning.data.transforms import build_transform, data_config, load_image
 from captioning.errors import UserError
 from captioning.metrics.words import ENGLISH, check_language
@@ -36,8 +36,10 @@ from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
 
 SPLITS = ("train", "val", "test")
-# The settings of the built-in data: each module writes its data (`ensure_shapes`) and checks captions against the
-# scenes it drew (`grounded_accuracy`); each has its own folder, so that switching setting never overwrites the other.
+# A dataset's own checks of captions against its ground truth: ({image_id: caption}, a split's records) -> scores.
+CaptionChecks = Callable[[dict, Sequence[ImageRecord]], dict[str, float]]
+# The settings of the built-in data: each module writes its data (`ensure_shapes`), which `shapes_checks` checks
+# captions against; each has its own folder, so that switching setting never overwrites the other.
 SHAPES_LEVELS = {"basic": shapes, "hard": shapes_hard}
 SHAPES_ROOTS = {"basic": "data/shapes", "hard": "data/shapes_hard"}
 # Splits that `feature_cache` serves as encoder tokens. Validation and test read images: they score what
@@ -407,17 +409,19 @@ class CaptionDataModule(LightningDataModule):
     def check_captions(self, split: str, captions: dict) -> dict[str, float]:
         """Scores {image_id: caption} against the split's ground truth when the dataset has one (built-in shapes:
         {"grounded_accuracy": ...}); {} for datasets without one."""
-        if self.hparams.dataset != "shapes" or not captions:
+        checks = self.caption_checks()
+        if checks is None or not captions:
             return {}
         records = self.datasets[split].records if split in self.datasets else self.load_records(split)
-        scenes = {record.image_id: record.scene for record in records}
-        level, language = self.hparams.shapes_level, self.shapes_language
-        if level == "hard":
-            return {"grounded_accuracy": shapes_hard.grounded_accuracy(captions, scenes)}
-        # the basic level's captions place shapes too: "above", "in the top left" ("上方", "画面左上角")
-        scores = {"grounded_accuracy": shapes.grounded_accuracy(captions, scenes, read=shapes.caption_reader(language))}
-        scores.update(position_scores(captions, scenes, self.hparams.shapes_image_size, language=language))
-        return scores
+        return checks(captions, records)
+
+    def caption_checks(self) -> CaptionChecks | None:
+        """The dataset's own checks of captions against its ground truth, as the dataset defines them; None when it
+        has no ground truth beyond its captions (all but the built-in shapes)."""
+        hp = self.hparams
+        if hp.dataset != "shapes":
+            return None
+        return ShapesCaptionChecks(hp.shapes_level, self.shapes_language, hp.shapes_image_size)
 
     def train_dataloader(self) -> DataLoader:
         if self.tokenizer is None:

@@ -86,11 +86,11 @@ class CaptioningModel(nn.Module):
         )
 
     def compile_parts(self, **options) -> None:
-        """torch.compile of the encoder and of the decoder blocks; the state_dict keeps its names.
+        """torch.compile of the encoder and of the decoder's stack of blocks; the state_dict keeps its names.
 
-        The blocks are compiled one by one rather than the decoder as a whole: they share one graph, and the parts
-        around them (embeddings, selecting the positions to score, the LM head) stay eager, as does step-by-step
-        generation (see `TextDecoder.compile_blocks`). `options` go to `torch.compile` (e.g. mode="max-autotune").
+        The stack of blocks is one graph; the parts around it (embeddings, the LM head) stay eager, as does
+        step-by-step generation (see `TextDecoder.compile_blocks`). `options` go to `torch.compile` (e.g.
+        mode="max-autotune").
         """
         self.encoder.compile(**options)
         self.decoder.compile_blocks(**options)

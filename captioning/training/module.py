@@ -2,17 +2,14 @@
 sequence training (SCST, Rennie et al., 2017) on CIDEr-D, started from an XE checkpoint with `init_from`.
 
 AdamW with parameter groups (a gentler learning rate for a pretrained encoder, no weight decay on biases, norms and
-embeddings), linear warm-up and cosine decay. Validation and test decode greedily or with beam search
-(`eval_beam_size`) and score with `captioning.metrics` (the coco-caption definitions), gathering every process's
-captions before scoring. `captioning test` and `captioning predict` write `predictions.json` (and test
-`metrics.json`) into the run's log folder.
+embeddings), linear warm-up and cosine decay. Validation, test and predict decode greedily or with beam search
+(`eval_beam_size`); their captions are gathered, scored and written by the module's `Evaluation` (`evaluation`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -27,17 +24,12 @@ from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_
 from captioning.data.transforms import data_config
 from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError
-from captioning.files import write_json
-from captioning.metrics import CaptionScorer
-from captioning.metrics.words import split_lines
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import decode
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
-from captioning.training.diagnostics import caption_diagnostics, collapse_warning
-from captioning.training.distributed import share_from_first
 from captioning.training.ema import WeightAverage
-from captioning.training.foil import FoilProbe
+from captioning.training.evaluation import Evaluation
 from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
 from captioning.training.progress import StepProgressBar
@@ -145,18 +137,14 @@ class CaptioningModule(LightningModule):
         self.model: CaptioningModel | None = None
         self.ema: WeightAverage | None = None
         self.tokenizer: CaptionTokenizer | None = None
-        self._captions: dict = {}
-        self._foils: dict[str, FoilProbe] = {}
-        self._scorers: dict[str, CaptionScorer] = {}
+        self.evaluation = Evaluation(self)  # validation, test and predict: gathering, scoring, results files
         self._reward: scst.CiderReward | None = None
-        self._training_captions: set[str] | None = None  # for the share of novel captions
         self._reward_seconds = 0.0
         self._step_started = 0.0
         self.skipped_images = 0
         self.skipped_batches = 0  # batches without a readable image, trained on a zero-weight placeholder
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._guard_read_at = -1  # the step at which the guard's counters were last read
-        self.test_counts: dict[str, int] = {}  # images scored and images in the split, of the last test
         self._training_data: dict | None = None  # kept in checkpoints (see `CaptionDataModule.training_data`)
         # The checkpoint that the trainer will restore (`--ckpt_path`, set by the CLI): the model is built from it, so
         # a resumed SCST run no longer needs its `init_from` checkpoint.
@@ -310,7 +298,7 @@ class CaptioningModule(LightningModule):
         return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     # --------------------------------------------------------------------------------------------- training
-    def _memory(self, batch: dict, model: CaptioningModel | None = None) -> torch.Tensor:
+    def batch_memory(self, batch: dict, model: CaptioningModel | None = None) -> torch.Tensor:
         """The memory (B, M, D) of a batch under `model` (default: the trained one): from its cached encoder tokens
         (B, M, C_enc) when it has them, else from its images (B, 3, H, W)."""
         model = model or self.model
@@ -326,7 +314,7 @@ class CaptioningModule(LightningModule):
             return self._self_critical_step(batch)
         tokens = batch["tokens"]  # (B*K, T+1): [BOS] words [EOS] [PAD]...
         targets = tokens[:, 1:]  # (B*K, T)
-        logits = self.model.decoder(tokens[:, :-1], self._memory(batch))  # (B*K, T, V)
+        logits = self.model.decoder(tokens[:, :-1], self.batch_memory(batch))  # (B*K, T, V)
         # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
         loss = F.cross_entropy(
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.tokenizer.pad_id,
@@ -352,7 +340,7 @@ class CaptioningModule(LightningModule):
     def _self_critical_step(self, batch: dict):
         """Samples K captions per image, rewards each with CIDEr-D, and returns the policy-gradient loss."""
         K, tok, image_ids = self.hparams.scst_samples, self.tokenizer, batch["image_ids"]
-        memory = self._memory(batch)  # (B, M, D)
+        memory = self.batch_memory(batch)  # (B, M, D)
         never = self._never_tokens()
         decoder = self.model.decoder
         # One policy (REINFORCE): samples come from the decoder without dropout, and so do their log-probabilities below
@@ -471,132 +459,32 @@ class CaptioningModule(LightningModule):
         """Captions of a batch by image id (`eval_model`'s): greedy, or beam search with `eval_beam_size` beams."""
         if not len(batch["image_ids"]):
             return {}
-        return self._caption_memory(self.eval_model, self._memory(batch, self.eval_model), batch["image_ids"])
+        return self.caption_memory(self.eval_model, self.batch_memory(batch, self.eval_model), batch["image_ids"])
 
-    def _caption_memory(self, model: CaptioningModel, memory: torch.Tensor, image_ids: list) -> dict:
+    def caption_memory(self, model: CaptioningModel, memory: torch.Tensor, image_ids: list) -> dict:
+        """Captions by image id of a batch's memory (B, M, D) under `model`, decoded as `_eval_spec` says."""
         generated = decode(model.decoder, memory, self._eval_spec(), self.tokenizer)
         return dict(zip(image_ids, self.tokenizer.decode_batch(generated.tokens), strict=True))
 
-    @torch.no_grad()
-    def _evaluate_batch(self, batch: dict, split: str) -> None:
-        """Captions a batch and scores its foil pairs, from one memory per image."""
-        if not len(batch["image_ids"]):
-            return
-        model = self.eval_model
-        memory = self._memory(batch, model)  # (B, M, D)
-        self._captions.update(self._caption_memory(model, memory, batch["image_ids"]))
-        if not self.trainer.sanity_checking:
-            self._foil_probe(split).observe(model.decoder, memory, batch["image_ids"])
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_batch(batch, "val")
+        self.evaluation.caption(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_batch(batch, "test")
+        self.evaluation.caption(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
-        self._captions.update(self.caption_batch(batch))
-
-    def _foil_probe(self, split: str) -> FoilProbe:
-        if split not in self._foils:  # the pairs of a split's references, tokenized once
-            references = self.trainer.datamodule.references(split)
-            self._foils[split] = FoilProbe(references, self.tokenizer, self.model.config.max_length)
-        return self._foils[split]
-
-    def _foil_scores(self, split: str) -> dict[str, float]:
-        """{"foil_accuracy", "foil_pairs"} over every process's pairs; {} when the split has none."""
-        if split not in self._foils:
-            return {}
-        counts = torch.tensor(self._foils[split].result(), dtype=torch.float32, device=self.device)
-        wins, pairs = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
-        return {"foil_accuracy": wins / pairs, "foil_pairs": pairs} if pairs else {}
+        self.evaluation.caption(batch)
 
     def on_validation_epoch_end(self) -> None:
-        captions = self._collect()
-        scores = self._score("val", captions, self.hparams.val_metrics)
-        scores.update(self._check("val", captions))
-        scores.update(self._foil_scores("val"))
-        scores.update(self._diagnostics("val", captions))
-        for name, value in scores.items():
-            self.log(f"val/{name}", value, prog_bar=name in ("CIDEr", "Bleu_4"))
+        self.evaluation.end_validation()
 
     def on_test_epoch_end(self) -> None:
-        captions = self._collect()
-        scores = self._score("test", captions, None)
-        scores.update(self._check("test", captions))
-        scores.update(self._foil_scores("test"))
-        scores.update(self._diagnostics("test", captions))
-        for name, value in scores.items():
-            self.log(f"test/{name}", value)
-        self.test_counts = {"images_scored": len(captions), "images_in_split": _dataset_size(self.trainer)}
-        self._write({"predictions.json": _results(captions), "metrics.json": {**scores, **self.test_counts}})
+        self.evaluation.end_test()
 
     def on_predict_epoch_end(self) -> None:
-        self._write({"predictions.json": _results(self._collect())})
+        self.evaluation.end_predict()
 
-    def _write(self, files: dict) -> None:
-        log_dir = self.trainer.log_dir  # a collective under DDP: every process must ask
-        if self.trainer.is_global_zero and log_dir:
-            for name, content in files.items():
-                write_json(Path(log_dir) / name, content)
-
-    def _collect(self) -> dict:
-        """This epoch's captions of all processes; the buffer is emptied for the next epoch."""
-        captions, self._captions = _gather(self._captions), {}
-        return captions
-
-    def _check(self, split: str, captions: dict) -> dict[str, float]:
-        """The dataset's own check of captions against its ground truth, when it has one (the built-in shapes)."""
-        check = getattr(self.trainer.datamodule, "check_captions", None)
-        if check is None or not captions or self.trainer.sanity_checking:
-            return {}
-        return check(split, captions)
-
-    def _diagnostics(self, split: str, captions: dict) -> dict[str, float]:
-        """How varied the captions are (`diagnostics.caption_diagnostics`), with a warning when they collapsed."""
-        if not captions or self.trainer.sanity_checking:
-            return {}
-        if self._training_captions is None:  # the training captions as words, read once
-            training = getattr(self.trainer.datamodule, "training_captions", lambda: None)()
-            self._training_captions = set(split_lines(training, self.tokenizer.language)) if training else set()
-        scores = caption_diagnostics(captions, self.tokenizer, self._training_captions or None)
-        warning = collapse_warning(split, scores, len(captions))
-        if warning:
-            rank_zero_warn(warning)
-        return scores
-
-    def _score(self, split: str, captions: dict, metrics: tuple[str, ...] | None) -> dict[str, float]:
-        """Scores the captions against the split's references on the first process (METEOR starts a JVM), and
-        shares the scores with the others so that every process logs and checkpoints on the same numbers."""
-        scores = {}
-        if self.trainer.is_global_zero and captions and not self.trainer.sanity_checking:
-            if split not in self._scorers:  # tokenized references and CIDEr-D document frequencies, once per split
-                references = self.trainer.datamodule.references(split)
-                self._scorers[split] = CaptionScorer(references, metrics=metrics, language=self.tokenizer.language)
-            scores = self._scorers[split].score(captions)
-        return share_from_first(scores)  # the others wait for as long as the scoring takes (see `distributed`)
-
-
-def _dataset_size(trainer) -> int:
-    """Images in the split being tested, over all processes: the datamodule's count (a streamed split's loader holds
-    one process's share), else the test loader's dataset, whatever sampler shards it."""
-    count = getattr(trainer.datamodule, "images_in_split", None)
-    if count is not None:
-        return count("test")
-    loaders = trainer.test_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    return len(loader.dataset)
-
-
-def _results(captions: dict) -> list[dict]:
-    """Captions in the COCO results format."""
-    return [{"image_id": i, "caption": c} for i, c in sorted(captions.items())]
-
-
-def _gather(captions: dict) -> dict:
-    """Every process's captions, merged (a distributed sampler may repeat images to even out the shards)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return captions
-    shards = [None] * dist.get_world_size()
-    dist.all_gather_object(shards, captions)
-    return {image_id: caption for shard in shards for image_id, caption in shard.items()}
+    @property
+    def test_counts(self) -> dict[str, int]:
+        """Images scored and images in the split, of the last test (the CLI fails a test that missed some)."""
+        return self.evaluation.test_counts
