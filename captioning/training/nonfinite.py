@@ -88,7 +88,8 @@ class NonFiniteGuard:
             if any_process is not None:
                 found = any_process(found)
             if self._skipped.device != found.device:
-                self._skipped, self._streak, self._longest = (t.to(found.device) for t in self._counters())
+                counters = (self._skipped, self._streak, self._longest)
+                self._skipped, self._streak, self._longest = (t.to(found.device) for t in counters)
             self._skipped.add_(found)
             self._streak.mul_(found).add_(found)  # one more in a row, or back to 0
             self._longest = torch.maximum(self._longest, self._streak)
@@ -108,9 +109,6 @@ class NonFiniteGuard:
                 f"step {step}); the weights and checkpoints are those of the last good step. Lower the learning rate, "
                 "train in bf16 or fp32 rather than fp16, or raise model.max_nonfinite_steps"
             )
-
-    def _counters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self._skipped, self._streak, self._longest
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
