@@ -1,10 +1,11 @@
-"""`captioning caption`: caption image files, folders and globs with a trained checkpoint.
+"""`captioning caption`: caption image files, folders and globs with a trained checkpoint or its ONNX export.
 
 Prints one line per image (`path<TAB>caption`, or a JSON object per line) as soon as its batch is done; decodes as
 the checkpoint's test did (its `DecodeSpec`: greedy, or beam search after Wu et al., 2016) unless told otherwise, or
 by nucleus sampling (Holtzman et al., 2020). A bad image gets a one-line error naming
 the file on stderr while the others are still captioned, and the exit status is then 1 (2 for a bad command line
-or checkpoint). A progress bar on stderr follows many images when stderr is a terminal.
+or checkpoint). A progress bar on stderr follows many images when stderr is a terminal. A folder that `captioning
+export --format onnx` wrote captions on onnxruntime, without torch (`pip install captioning[onnx]`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EXAMPLES = """examples:
   captioning caption --checkpoint last.ckpt --beam-size 5 --format jsonl holiday/ > captions.jsonl
   captioning caption --checkpoint last.ckpt --sample --top-p 0.9 --seed 0 photo.jpg
   captioning caption --checkpoint last.ckpt --attention-dir maps/ photo.jpg   # maps/photo.png and maps/photo.gif
+  captioning caption --checkpoint exported-onnx/ photo.jpg   # onnxruntime, no torch needed
 """
 PROGRESS_MIN_IMAGES = 32  # "many images": below this a bar only flickers
 
@@ -52,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders or glob patterns")
-    parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="checkpoint written by `captioning fit`")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        required=True,
+        help="checkpoint written by `captioning fit`, or the folder of its ONNX export (`captioning export`)",
+    )
     search = parser.add_argument_group("search (default: as the checkpoint's validation and test decoded)")
     search.add_argument(
         "--beam-size",
@@ -118,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="images captioned together (default: 16)",
     )
     run.add_argument(
-        "--device", metavar="DEVICE", default=None, help="torch device, e.g. cpu or cuda (default: cuda if present)"
+        "--device",
+        metavar="DEVICE",
+        default=None,
+        help="torch device of a checkpoint, e.g. cpu or cuda (default: cuda if present); an export runs on the CPU",
     )
     run.add_argument(
         "--format",
@@ -217,17 +227,30 @@ class _Output:
             self.bar.update()
 
 
+def load_captioner(path: str, device: str | None, exported: bool):
+    """A `Captioner` of a checkpoint, or an `OnnxCaptioner` of an export folder (which needs no torch)."""
+    if exported:
+        from captioning.onnx_captioner import OnnxCaptioner
+
+        return OnnxCaptioner(path)
+    from captioning.inference import Captioner
+
+    return Captioner.from_checkpoint(path, device=device)
+
+
 def main(args: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(args)
     if options.sample and options.beam_size not in (None, 1):
         parser.error("--sample draws one caption per image; leave out --beam-size")
-    from captioning.data.transforms import load_image
-    from captioning.inference import Captioner
+    exported = Path(options.checkpoint).is_dir()
+    if exported and options.attention_dir is not None:
+        parser.error("--attention-dir needs a checkpoint: an ONNX export writes no attention weights")
+    from captioning.images import load_image
 
     paths, input_errors = expand(options.images)
     try:
-        captioner = Captioner.from_checkpoint(options.checkpoint, device=options.device)
+        captioner = load_captioner(options.checkpoint, options.device, exported)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -253,8 +276,9 @@ def main(args: list[str] | None = None) -> int:
         top_p=options.top_p,
         seed=options.seed,
         batch_size=options.batch_size,
-        return_attention=attention_dir is not None,
     )
+    if attention_dir is not None:
+        settings["return_attention"] = True
     output = _Output(len(paths), options.progress, options.format)
     for message in input_errors:
         output.error(message, counts_image=False)

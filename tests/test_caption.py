@@ -149,12 +149,12 @@ def test_an_image_that_fails_to_decode_in_its_batch_is_reported_alone(
     one by one."""
     from PIL import Image
 
-    import captioning.data.transforms
+    import captioning.images
 
     images = sorted(shapes_images.glob("*.png"))[:3]
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(images[1].read_bytes()[:200])
-    monkeypatch.setattr(captioning.data.transforms, "load_image", lambda path: Image.open(path))  # decoded later
+    monkeypatch.setattr(captioning.images, "load_image", lambda path: Image.open(path))  # decoded later
     paths = [str(images[0]), str(truncated), str(images[2])]
     assert main(["--checkpoint", str(checkpoint), *paths]) == 1
     out, err = capsys.readouterr()

@@ -175,10 +175,15 @@ def test_an_internal_check_keeps_its_traceback_while_bad_input_is_one_line():
 
 
 @pytest.mark.parametrize(
-    ("command", "module", "extra"), [("serve", "litserve", "serve"), ("prepare", "litdata", "stream")]
+    ("command", "module", "extra"),
+    [("serve", "litserve", "serve"), ("prepare", "litdata", "stream"), ("fit", "torch", "train")],
 )
 def test_a_command_whose_extra_is_not_installed_says_which_to_install(command, module, extra):
-    args = [command, "--checkpoint", "x.ckpt"] if command == "serve" else [command, "--split", "test", "--out", "x"]
+    args = {
+        "serve": [command, "--checkpoint", "x.ckpt"],
+        "prepare": [command, "--split", "test", "--out", "x"],
+        "fit": [command, "--config", "configs/shapes.yaml"],  # on the base install: no torch
+    }[command]
     probe = f"import sys; sys.modules[{module!r}] = None; from captioning.cli import main; sys.exit(main({args!r}))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 1

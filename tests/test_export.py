@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
 
@@ -99,18 +100,23 @@ def test_the_export_carries_the_checkpoint_s_decoding_spec(onnx_folder, tiny_che
     assert_same_captions(onnx_captioner.caption(images, **sample), captioner.caption(images, **sample))
 
 
-WITHOUT_TORCH = """
+NO_TORCH = """
 import json, sys
 class NoTorch:  # as on a machine where only `pip install captioning[onnx]` ran
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "torchvision", "timm", "lightning"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
 sys.meta_path.insert(0, NoTorch())
+"""
+WITHOUT_TORCH = (
+    NO_TORCH
+    + """
 from captioning.onnx_captioner import OnnxCaptioner
 captions = OnnxCaptioner(sys.argv[1], threads=1).caption(sys.argv[2:], beam_size=3)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm") or m == "captioning.export")
 print(json.dumps({"tokens": [c.tokens for c in captions], "loaded": loaded}))
 """
+)
 
 
 def test_onnx_captioner_runs_without_torch(onnx_folder, tiny_checkpoint, shapes_images):
@@ -125,6 +131,30 @@ def test_onnx_captioner_runs_without_torch(onnx_folder, tiny_checkpoint, shapes_
     assert output["loaded"] == []
     expected = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(images, beam_size=3)
     assert output["tokens"] == [c.tokens for c in expected]
+
+
+def test_the_caption_command_captions_with_an_onnx_export_without_torch(onnx_folder, tiny_checkpoint, shapes_images):
+    images = [str(path) for path in shapes_images[:4]]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = NO_TORCH + "from captioning.cli import main\nsys.exit(main(sys.argv[1:]))"
+        return subprocess.run([sys.executable, "-c", command, *args], capture_output=True, text=True, timeout=300)
+
+    result = run("caption", "--checkpoint", str(onnx_folder), "--beam-size", "3", *images)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(images, beam_size=3)
+    lines = [f"{path}\t{caption.text}" for path, caption in zip(images, expected, strict=True)]
+    assert result.stdout.splitlines() == lines
+    training = run("fit", "--config", "configs/shapes.yaml")
+    assert training.returncode == 1 and 'pip install -e ".[train]"' in training.stderr
+
+
+def test_the_onnx_install_brings_no_torch():
+    """`pip install captioning[onnx]`: the base dependencies and the extra's, read from pyproject.toml."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["onnx"]
+    names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in wanted}
+    assert "onnxruntime" in names and not names & {"torch", "torchvision", "timm", "lightning", "captioning"}
 
 
 def test_onnx_preprocessing_equals_the_captioner_s(onnx_folder, tiny_checkpoint, shapes_images):
