@@ -46,7 +46,7 @@ class Caption:
             the attention weights on the memory tokens of the encoder's grid (H, W). These are the raw softmax
             weights, not renormalised: with `prefix_attention` they sum to 1 over the whole memory.
         prefix_attention: with return_attention, (L, nh, T, P) the weights on the P memory tokens that are off the
-            grid (class and register tokens of a ViT; P = 0 for CNN trunks).
+            grid: the model's sink (`model.memory_sink`), then a ViT's class and register tokens.
         ended: False when decoding hit the length limit before the end token: the cheapest sign that an image is
             unlike the training data (a shapes model given a photo writes "large large large ...").
     """
@@ -320,9 +320,9 @@ class Captioner:
     def _add_attention(self, memory: Tensor, captions: list[Caption]) -> None:
         """Re-reads each chosen caption with explicit attention weights and maps them onto the encoder's grid."""
         B, M = memory.size(0), memory.size(1)
-        (H, W), P = self.model.encoder.grid_size, self.model.encoder.num_prefix_tokens
+        (H, W), P = self.model.encoder.grid_size, self.model.num_prefix_tokens
         if P + H * W != M:
-            raise RuntimeError(f"memory of {M} tokens does not match the encoder's grid {H}x{W} + {P} prefix tokens")
+            raise RuntimeError(f"memory of {M} tokens does not match the encoder's grid {H}x{W} + {P} tokens before it")
         width = max(1, max(len(c.tokens) for c in captions))
         # Word i is predicted at position i from the start token and words before it: [BOS] w1 .. w_{T-1}.
         inputs = torch.full((B, width), self.tokenizer.pad_id, dtype=torch.long, device=memory.device)  # (B, T)

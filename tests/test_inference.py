@@ -112,14 +112,15 @@ def test_attention_maps_cover_the_cnn_feature_grid(captioner, test_images):
     assert [c.text for c in captions] == [c.text for c in captioner.caption(test_images[:6])]
 
 
-def test_attention_maps_of_a_vit_leave_out_its_class_token(captioner):
-    config = ModelConfig(**{**captioner.model.config.to_dict(), "encoder": "test_vit", "freeze_encoder": False})
+def test_attention_maps_of_a_vit_leave_out_the_sink_and_its_class_token(captioner):
+    changes = {"encoder": "test_vit", "freeze_encoder": False, "memory_sink": True}
+    config = ModelConfig(**{**captioner.model.config.to_dict(), **changes})
     torch.manual_seed(0)
     vit = Captioner(CaptioningModel(config), captioner.tokenizer)
     assert vit.model.encoder.grid_size == (4, 4) and vit.model.encoder.num_prefix_tokens == 1
     images = [torch.rand(3, 64, 64) for _ in range(3)]
     for caption in vit.caption(images, return_attention=True, min_length=2):
-        _assert_attention(caption, config.depth, config.num_heads, (4, 4), 1)
+        _assert_attention(caption, config.depth, config.num_heads, (4, 4), 2)
 
 
 def test_images_as_they_come_all_caption(captioner, tmp_path):

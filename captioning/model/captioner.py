@@ -39,6 +39,7 @@ class ModelConfig:
     memory_layers: int = 0
     focus_offsets: bool = True
     head_offsets: bool = True
+    memory_sink: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +72,9 @@ class CaptioningModel(nn.Module):
             nn.init.normal_(self.memory_pos, std=0.02)
         else:
             self.memory_positions = MemoryPositions(config.memory_positions, grid, prefix, config.dim)
+        # Softmax attention averages what it finds, so "two red circles" and "five red circles" read the same; a learned
+        # token that every query may also attend to lets the share left to it tell how much was found (see `project`).
+        self.memory_sink = nn.Parameter(torch.zeros(1, 1, config.dim)) if config.memory_sink else None
         block = dict(num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout)
         self.memory_blocks = nn.ModuleList(MemoryBlock(config.dim, **block) for _ in range(config.memory_layers))
         self.decoder = TextDecoder(
@@ -81,9 +85,14 @@ class CaptioningModel(nn.Module):
             mlp_ratio=config.mlp_ratio,
             max_length=config.max_length,
             dropout=config.dropout,
-            memory_grid=grid_coordinates(grid, prefix) if config.focus_offsets else None,
+            memory_grid=grid_coordinates(grid, self.num_prefix_tokens) if config.focus_offsets else None,
             head_offsets=config.head_offsets,
         )
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Memory tokens before the grid: the sink, then the encoder's class and register tokens."""
+        return int(self.config.memory_sink) + self.encoder.num_prefix_tokens
 
     def compile_parts(self, **options) -> None:
         """torch.compile of the encoder and of the decoder's stack of blocks; the state_dict keeps its names.
@@ -100,9 +109,12 @@ class CaptioningModel(nn.Module):
         return self.project(self.encoder(images))
 
     def project(self, features: Tensor) -> Tensor:
-        """Encoder tokens (B, M, C_enc) -> memory (B, M, D); apart from `encode` so cached features can skip it."""
+        """Encoder tokens (B, M, C_enc) -> memory (B, M', D), M' = M + 1 with the sink in front; apart from `encode`
+        so cached features can skip it."""
         positions = self.memory_pos if self.config.memory_positions == "learned" else self.memory_positions()
         memory = self.projection(features) + positions  # (B, M, D) + (1, M, D)
+        if self.memory_sink is not None:  # attended to in place of the grid: a query that finds less leaves it more
+            memory = torch.cat([self.memory_sink.expand(memory.size(0), -1, -1), memory], dim=1)  # (B, 1 + M, D)
         for block in self.memory_blocks:  # each token gathers where the others are (see memory_encoder)
             memory = block(memory)
         return memory

@@ -57,11 +57,15 @@ class CaptioningModule(LightningModule):
             sine-cosine), "rowcol" (a learned row and a learned column embedding, added) or "learned" (a learned
             vector per token, the layout of checkpoints before this option).
         memory_layers: Transformer encoder blocks of self-attention over the memory tokens before the decoder reads
-            them, so that each token learns where the others are ("above", "left of").
+            them, so that each token learns where the others are ("above", "left of") and what else is in the image.
         focus_offsets: each decoder block adds where its cross-attention heads looked, as offsets from where the
             block before looked, so that a word can compare two places ("above", "left of"); see `model.focus`.
         head_offsets: with focus_offsets, each block also adds where each of its heads looked relative to each other
             head: "the shape named" against "all the shapes" gives "above" or "below" in one block.
+        memory_sink: a learned memory token in front of the grid that every attention over the memory may attend to
+            instead: softmax attention averages what it finds, and the share left to the sink tells how much was
+            found. With `memory_layers`, each token can so learn how many tokens look like it: "two" or "five red
+            circles" (see the README's hard-shapes measurements).
         label_smoothing: cross-entropy label smoothing.
         init_from: start from this checkpoint's weights and tokenizer, with a fresh optimizer and schedule (e.g.
             SCST after XE); its architecture replaces the model settings above. `--ckpt_path` resumes a run instead,
@@ -108,6 +112,7 @@ class CaptioningModule(LightningModule):
         memory_layers: int = 0,
         focus_offsets: bool = True,
         head_offsets: bool = True,
+        memory_sink: bool = False,
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -170,7 +175,7 @@ class CaptioningModule(LightningModule):
         if datamodule is not None and datamodule.tokenizer is not None:
             architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
             architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
-            architecture += ("memory_layers", "focus_offsets", "head_offsets")
+            architecture += ("memory_layers", "focus_offsets", "head_offsets", "memory_sink")
             config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
             self._build(config, datamodule.tokenizer)
             self._start_average()

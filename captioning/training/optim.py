@@ -65,7 +65,7 @@ def parameter_groups(
     top = max(layer_ids.values(), default=0)
     # Embeddings are lookup tables (words, positions): decay would pull rarely used rows to zero, not regularise a map.
     no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    no_decay |= {id(p) for name, p in model.named_parameters() if name.startswith(("memory_pos", "memory_positions."))}
+    no_decay |= {id(p) for name, p in model.named_parameters() if name.startswith(("memory_pos", "memory_sink"))}
 
     groups: dict[str, dict] = {}
     for param in model.parameters():  # tied weights come once

@@ -44,6 +44,7 @@ def test_memory_blocks_let_every_token_see_the_others_and_none_keeps_tokens_apar
     changed = features.clone()
     changed[0, 0] += 1.0  # one token's features
     with torch.no_grad():
-        moved = (model.project(changed) - model.project(features)).abs().amax(dim=-1)[0]  # (M,)
-    assert moved[0] > 0
-    assert (moved[1:] > 0).all() if layers else (moved[1:] == 0).all()
+        moved = (model.project(changed) - model.project(features)).abs().amax(dim=-1)[0]  # (1 + M,)
+    grid = moved[model.num_prefix_tokens :]  # the sink comes first
+    assert grid[0] > 0
+    assert (grid[1:] > 0).all() if layers else (grid[1:] == 0).all()
