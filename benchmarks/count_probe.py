@@ -22,14 +22,12 @@ from pathlib import Path
 import torch
 
 from captioning import Captioner
-from captioning.data.shapes_hard import NUMBER_WORDS, caption_matches_scene, grounded_accuracy, groups_of
+from captioning.data.shapes_hard import caption_matches_scene, grounded_accuracy, group_phrase, groups_of
 
 
 def listing(groups: list[dict], counts: list[int]) -> str:
-    phrases = [
-        f"{'a' if n == 1 else NUMBER_WORDS[n]} {g['colour']} {g['kind']}{'s' if n > 1 else ''}"
-        for g, n in zip(groups, counts, strict=True)
-    ]
+    """The groups with these counts, as the plain template lists them: "two green triangles and a red circle."."""
+    phrases = [group_phrase({**g, "count": n}, with_size=False) for g, n in zip(groups, counts, strict=True)]
     return (f"{', '.join(phrases[:-1])} and {phrases[-1]}" if len(phrases) > 1 else phrases[0]) + "."
 
 

@@ -131,7 +131,7 @@ def groups_of(scene: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
-def _phrase(group: dict, with_size: bool, one: str = "a") -> str:
+def group_phrase(group: dict, with_size: bool, one: str = "a") -> str:
     """ "a red circle", "two small green triangles": a count word, the size when asked, colour and kind."""
     count = one if group["count"] == 1 else NUMBER_WORDS[group["count"]]
     size = f"{group['size']} " if with_size else ""
@@ -181,7 +181,7 @@ def _caption(template: str, scene: list[dict], background: dict, rng: random.Ran
     with_size = rng.random() < 0.5
 
     def listing(named: list[dict], one: str = "a") -> str:
-        return _listing([_phrase(group, with_size, one) for group in named], rng)
+        return _listing([group_phrase(group, with_size, one) for group in named], rng)
 
     if template == "there":
         verb = "there's" if groups[0]["count"] == 1 else "there are"
@@ -200,7 +200,7 @@ def _caption(template: str, scene: list[dict], background: dict, rng: random.Ran
     if template == "place":  # a shape alone of its kind is placed; the others are listed after it
         first = next(group for group in groups if group["count"] == 1)
         others = [group for group in groups if group is not first]
-        return f"{_phrase(first, with_size)} {_place(first['shapes'][0], image_size)}, with {listing(others)}"
+        return f"{group_phrase(first, with_size)} {_place(first['shapes'][0], image_size)}, with {listing(others)}"
     if template == "pair":  # two shapes, along the axis on which they are further apart
         a, b = scene
         apart = "side-by-side" if abs(a["x"] - b["x"]) >= abs(a["y"] - b["y"]) else "one above the other"
