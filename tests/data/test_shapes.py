@@ -127,6 +127,15 @@ def test_hard_captions_are_written_as_people_write_them():
     assert 0.1 < sum(caption.startswith("There") for caption in captions) / len(captions) < 0.3  # varied openings
 
 
+def test_most_hard_captions_name_the_most_numerous_group_first_but_not_all():
+    firsts = []  # per caption of a scene whose groups differ in count: is its first group the most numerous one?
+    for scene, captions in hard_examples(300):
+        counts = sorted((group["count"] for group in shapes_hard.groups_of(scene)), reverse=True)
+        if len(counts) > 1 and counts[0] > counts[1]:
+            firsts += [next(iter(shapes_hard.named_shapes(c).values())) == counts[0] for c in captions]
+    assert len(firsts) > 300 and 0.6 < sum(firsts) / len(firsts) < 0.9  # version 1, in uniformly random order: 0.36
+
+
 def test_hard_captions_tokenize_to_the_expected_ptb_words():
     assert ptb_tokenize("There's a large red circle.") == "there 's a large red circle"
     assert ptb_tokenize("Two green triangles and a blue square, side-by-side.") == (
