@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import LightningModule
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -32,7 +32,7 @@ from captioning.training.ema import WeightAverage
 from captioning.training.evaluation import Evaluation
 from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import apply_lr_scales, frozen_encoder_factor, parameter_groups, use_fused_kernel
-from captioning.training.progress import StepProgressBar
+from captioning.training.progress import showing_logged_metrics
 from captioning.training.schedule import build_schedule, describe, scaled_lr
 
 
@@ -257,9 +257,10 @@ class CaptioningModule(LightningModule):
         checkpoint["captioning"] = metadata  # the spec: `caption`, `serve` and exports decode as validation did
 
     def configure_callbacks(self) -> list:
-        """Lightning's default bar is replaced by one that shows the logged training metrics (see `progress`)."""
-        bars = [c for c in self.trainer.callbacks if type(c) is TQDMProgressBar]
-        return [StepProgressBar(bars[0].refresh_rate, bars[0].process_position)] if bars else []
+        """Lightning's bar (tqdm, or rich where it is installed) is replaced by the same one showing the logged
+        training metrics (see `progress`)."""
+        bars = [c for c in self.trainer.callbacks if type(c) in (TQDMProgressBar, RichProgressBar)]
+        return [showing_logged_metrics(bars[0])] if bars else []
 
     def _require_model(self) -> None:
         if self.model is None:

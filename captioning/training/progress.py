@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress import ProgressBar
 
 SHOWN = ("train/loss", "scst/reward")  # the logged training metrics that the bars show
@@ -58,13 +58,11 @@ class LineProgress(ProgressBar):
         self._print(trainer, f"epoch {trainer.current_epoch} validation  {_format(metrics)}")
 
 
-class StepProgressBar(TQDMProgressBar):
-    """Lightning's bar, with the logged training metrics as of the last logging step (read only then)."""
+class _ShowsLoggedMetrics:
+    """For a Lightning bar: the logged training metrics as of the last logging step (read only then)."""
 
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
-        super().__init__(refresh_rate, process_position, leave)
-        self._shown: dict[str, float] = {}
-        self._read_at = -1
+    _shown: dict[str, float] = {}
+    _read_at = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -74,6 +72,21 @@ class StepProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return {**super().get_metrics(trainer, pl_module), **self._shown}
+
+
+class StepProgressBar(_ShowsLoggedMetrics, TQDMProgressBar):
+    """Lightning's tqdm bar, with the logged training metrics as of the last logging step."""
+
+
+class StepRichProgressBar(_ShowsLoggedMetrics, RichProgressBar):
+    """Lightning's rich bar (its default where `rich` is installed), with the same metrics."""
+
+
+def showing_logged_metrics(bar: TQDMProgressBar | RichProgressBar) -> StepProgressBar | StepRichProgressBar:
+    """The same kind of bar, with the same settings, showing the logged training metrics."""
+    if isinstance(bar, RichProgressBar):
+        return StepRichProgressBar(bar.refresh_rate, bar._leave, bar.theme, bar._console_kwargs)
+    return StepProgressBar(bar.refresh_rate, bar.process_position)
 
 
 def logged_metrics(trainer) -> dict[str, float]:

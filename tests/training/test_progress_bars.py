@@ -3,11 +3,13 @@ that takes the logged values at logging steps, and the lines for a log file read
 
 from __future__ import annotations
 
+import pytest
 import torch
 from lightning import Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from captioning.training.module import CaptioningModule
-from captioning.training.progress import LineProgress, StepProgressBar
+from captioning.training.progress import LineProgress, StepProgressBar, StepRichProgressBar
 from tests.conftest import TINY_MODEL, tiny_data
 
 
@@ -22,10 +24,11 @@ def _fit(shapes_root, callbacks: list) -> tuple[Trainer, CaptioningModule]:
     return trainer, module
 
 
-def test_the_terminal_bar_shows_the_loss_of_the_last_logging_step(shapes_root, one_thread):
-    trainer, module = _fit(shapes_root, [])
+@pytest.mark.parametrize("lightning_bar", [TQDMProgressBar, RichProgressBar])
+def test_the_terminal_bar_shows_the_loss_of_the_last_logging_step(shapes_root, one_thread, lightning_bar):
+    trainer, module = _fit(shapes_root, [lightning_bar()])  # Lightning's default is rich where rich is installed
     bar = trainer.progress_bar_callback
-    assert isinstance(bar, StepProgressBar)  # Lightning's default bar, replaced
+    assert isinstance(bar, (StepProgressBar, StepRichProgressBar)) and isinstance(bar, lightning_bar)  # replaced
     assert "train/loss" not in trainer.progress_bar_metrics  # never on Lightning's read-every-step list
     shown = bar.get_metrics(trainer, module)["train/loss"]
     assert isinstance(shown, float) and shown == float(trainer.callback_metrics["train/loss"])
