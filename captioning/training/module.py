@@ -85,6 +85,9 @@ class CaptioningModule(LightningModule):
         scst: train with self-critical sequence training on CIDEr-D instead of cross-entropy.
         scst_samples: K captions sampled per image in each SCST step.
         scst_baseline: "mean": the mean reward of the image's other K-1 samples; "greedy": the greedy caption's.
+        scst_xe_weight: in SCST, add this weight x the cross-entropy of the batch's reference captions (a mixed
+            objective, as Paulus et al., 2018): CIDEr-D's document frequencies make words that every reference has,
+            such as counts, cheap to get wrong, and the references keep them right. 0: the policy gradient alone.
         eval_beam_size: beams for validation, test and predict captions (1: greedy decoding).
         eval_length_penalty: alpha of the beam search ranking log P / length^alpha.
         val_metrics: metric families scored during validation (CIDEr-D drives checkpointing).
@@ -127,6 +130,7 @@ class CaptioningModule(LightningModule):
         scst: bool = False,
         scst_samples: int = 5,
         scst_baseline: Literal["mean", "greedy"] = "mean",
+        scst_xe_weight: float = 0.0,
         eval_beam_size: int = 1,
         eval_length_penalty: float = 1.0,
         val_metrics: tuple[str, ...] = ("BLEU", "CIDEr"),
@@ -318,17 +322,20 @@ class CaptioningModule(LightningModule):
             return self._placeholder_step()
         if self.hparams.scst:
             return self._self_critical_step(batch)
-        tokens = batch["tokens"]  # (B*K, T+1): [BOS] words [EOS] [PAD]...
-        targets = tokens[:, 1:]  # (B*K, T)
-        logits = self.model.decoder(tokens[:, :-1], self.batch_memory(batch))  # (B*K, T, V)
-        # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.tokenizer.pad_id,
-            label_smoothing=self.hparams.label_smoothing,
-        )  # fmt: skip
+        loss = self._reference_loss(batch["tokens"], self.batch_memory(batch))
         # Not on the progress bar: Lightning reads its values back at every step (the bars show the logged ones).
         self.log("train/loss", loss, batch_size=len(batch["image_ids"]))
         return loss
+
+    def _reference_loss(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the reference captions `tokens` (B*K, T+1), [BOS] words [EOS] [PAD]...,
+        K per image of `memory` (B, M, D)."""
+        logits = self.model.decoder(tokens[:, :-1], memory)  # (B*K, T, V)
+        # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=self.tokenizer.pad_id,
+            label_smoothing=self.hparams.label_smoothing,
+        )  # fmt: skip
 
     def _placeholder_step(self) -> torch.Tensor:
         """A zero-weight loss on a blank image and an empty caption, for a batch without a readable image.
@@ -378,6 +385,10 @@ class CaptioningModule(LightningModule):
         log_probs, entropy = scst.sequence_log_probs(logits, tokens, mask)
         loss = scst.self_critical_loss(log_probs, rewards, baselines)
         B = len(image_ids)
+        if self.hparams.scst_xe_weight:
+            reference_loss = self._reference_loss(batch["tokens"], memory)
+            self.log("scst/reference_loss", reference_loss, batch_size=B)
+            loss = loss + self.hparams.scst_xe_weight * reference_loss
         self.log("train/loss", loss, batch_size=B)
         self.log("scst/reward", rewards.mean(), batch_size=B)
         self.log("scst/baseline", baselines.mean(), batch_size=B)

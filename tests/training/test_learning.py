@@ -15,7 +15,8 @@ from captioning.data.datamodule import CaptionDataModule
 from captioning.data.shapes import ensure_shapes
 from captioning.training.module import CaptioningModule
 
-pytestmark = pytest.mark.slow
+# One worker: both tests need the trained model, which a second worker would train again.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("learning")]
 
 SPLITS = {"train": 1200, "val": 50, "test": 100}
 SIZE = 128
