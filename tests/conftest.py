@@ -14,7 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a missing pretrained weight must fail at o
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The longest tests start first, so that the two pytest-xdist workers end together instead of one of them training
-# alone for minutes at the end (measured: the learning test, started last, was a quarter of the suite's time).
+# alone for minutes at the end (measured: the learning test's two fits, started last, were a quarter of the suite).
 LONGEST_FIRST = ("tests/training/test_learning.py", "tests/test_notebooks.py")
 
 
