@@ -13,16 +13,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # a missing pretrained weight must fail at once, not retry for a minute
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The longest tests start first, so that the two pytest-xdist workers end together instead of one of them training
-# alone for minutes at the end (measured: the learning test's two fits, started last, were a quarter of the suite).
-LONGEST_FIRST = ("tests/training/test_learning.py", "tests/test_notebooks.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
-
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 COCO_MINI = SHARED_DATA / "coco-val2017-mini"

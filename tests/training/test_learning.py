@@ -50,7 +50,7 @@ def shapes_data(tmp_path_factory) -> Path:
 
 
 # One test, not two sharing a fixture: under pytest-xdist two tests may land on two workers, and each would train the
-# model that sees the images. Started first (see conftest), its two fits run while the other worker takes the rest.
+# model that sees the images.
 def test_trained_model_names_every_shape_and_an_image_blind_one_reaches_at_most_a_fifth_of_its_cider(
     shapes_data, tmp_path
 ):
