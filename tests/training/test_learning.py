@@ -18,7 +18,7 @@ from captioning.training.module import CaptioningModule
 pytestmark = pytest.mark.slow
 
 SPLITS = {"train": 1200, "val": 50, "test": 100}
-SIZE = 96  # a 3x3 memory names every shape (grounded 0.90 in one run), at half the cost of 128 px
+SIZE = 96  # a 3x3 memory names every shape (grounded 0.90 in one run); 125 s alone against 163 s at 128 px
 EPOCHS = 8  # 300 steps
 
 
