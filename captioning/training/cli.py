@@ -97,6 +97,7 @@ class CaptioningCLI(LightningCLI):
         config, _, _ = load_checkpoint(path, mmap=True)  # the config only: Lightning reads the weights later
         architecture = {**config.to_dict(), "pretrained": False}  # its trained weights replace any pretrained ones
         del architecture["vocab_size"]  # the checkpoint's tokenizer decides it
+        del architecture["freeze_encoder"]  # a choice of each run: the model takes the checkpoint's unless it is set
         self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)  # links follow
 
     def before_instantiate_classes(self) -> None:

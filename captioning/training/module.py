@@ -42,7 +42,8 @@ class CaptioningModule(LightningModule):
     Args:
         encoder: timm model name of the image encoder.
         pretrained: load the encoder's pretrained timm weights.
-        freeze_encoder: keep the encoder's weights fixed.
+        freeze_encoder: keep the encoder's weights fixed. None: as the `init_from` checkpoint was trained (not frozen
+            for a new model); true after an unfrozen one, e.g. for SCST on cached encoder tokens (data.feature_cache).
         image_size: square input size in pixels, None for the encoder's default.
         encoder_output_stride: input pixels per memory token of a CNN encoder, e.g. 16 instead of its 32: timm
             dilates the last stage instead of striding it (same weights, 4x the memory tokens, more compute).
@@ -102,7 +103,7 @@ class CaptioningModule(LightningModule):
         self,
         encoder: str = "test_convnext",
         pretrained: bool = False,
-        freeze_encoder: bool = False,
+        freeze_encoder: bool | None = None,
         image_size: int | None = None,
         encoder_output_stride: int | None = None,
         dim: int = 256,
@@ -170,7 +171,10 @@ class CaptioningModule(LightningModule):
             rank_zero_warn("model.scst without model.init_from: self-critical training starts from random weights")
         if self.restore_from or hp.init_from:
             config, tokenizer, state = load_checkpoint(self.restore_from or hp.init_from, mmap=True)
-            self._build(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}), tokenizer)
+            config = {**config.to_dict(), "pretrained": False}
+            if not self.restore_from and hp.freeze_encoder is not None:  # a choice of this run, not of the architecture
+                config["freeze_encoder"] = hp.freeze_encoder
+            self._build(ModelConfig.from_dict(config), tokenizer)
             if not self.restore_from:
                 self.model.load_state_dict(state)
             self._start_average()  # from the weights it starts from
@@ -180,7 +184,8 @@ class CaptioningModule(LightningModule):
             architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
             architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
             architecture += ("memory_layers", "focus_offsets", "head_offsets", "memory_sink")
-            config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **{k: hp[k] for k in architecture})
+            settings = {**{k: hp[k] for k in architecture}, "freeze_encoder": bool(hp.freeze_encoder)}
+            config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **settings)
             self._build(config, datamodule.tokenizer)
             self._start_average()
 

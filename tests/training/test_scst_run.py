@@ -69,3 +69,23 @@ def test_a_resumed_scst_run_needs_only_its_own_checkpoint(tmp_path, shapes_root,
     end = torch.load(last, map_location="cpu", weights_only=True)
     assert end["global_step"] == 2 * 96 // 32 and end["epoch"] == 1  # the second epoch ran, in the same run
     assert end["hyper_parameters"]["init_from"] == str(xe)  # the run still records where it started from
+
+
+def test_scst_freezes_the_encoder_of_an_unfrozen_checkpoint_and_trains_on_its_cached_tokens(
+    tmp_path, shapes_root, checkpoint
+):
+    start = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert start["captioning"]["model_config"]["freeze_encoder"] is False  # cross-entropy trained the encoder too
+    cache = tmp_path / "features"
+    args = tiny_args("fit", shapes_root, tmp_path, f"--model.init_from={checkpoint}", "--model.scst=true")
+    args += ["--model.freeze_encoder=true", f"--data.feature_cache={cache}", "--model.scst_samples=2"]
+    result = run_cli(*args, "--trainer.max_epochs=1", "--test_after_fit=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (cache / "train" / "features.npy").is_file()
+    (version,) = (tmp_path / "shapes").iterdir()
+    end = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert end["captioning"]["model_config"]["freeze_encoder"] is True  # this run's choice, kept for a resume
+    before, after = start["state_dict"], end["state_dict"]
+    trunk = [k for k in before if k.startswith("model.encoder.trunk.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.decoder."))
