@@ -84,7 +84,7 @@ def _image_folder(folder) -> list[str]:
         _image(folder / "data" / f"{i}.png", i)
         rows.append(json.dumps({"file_name": f"{i}.png", "text": ["a red square", "a blue circle", "a red circle"]}))
     (folder / "data" / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return [f"--data.root={folder / 'data'}", f"--data.feature_cache={folder / 'features'}", SMALL_IMAGES]
+    return [f"--data.root={folder / 'data'}", SMALL_IMAGES]
 
 
 def _shapes(folder) -> list[str]:
@@ -104,6 +104,8 @@ def test_config_builds_its_model_and_takes_one_training_step(config, tmp_path, c
     written = yaml.safe_load(config.read_text())
     args = ["fit", "--config", str(config), *TINY_RUN, f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
     args += DATA[written["data"]["dataset"]](tmp_path)
+    if written["data"].get("feature_cache"):  # in the test's folder, not the config's
+        args.append(f"--data.feature_cache={tmp_path / 'features'}")
     encoder = written["model"].get("encoder")
     if written["model"].get("scst"):  # its architecture comes from the cross-entropy checkpoint
         args.append(f"--model.init_from={checkpoint}")

@@ -94,15 +94,18 @@ class FeatureCache:
 
     def __init__(self, folder: str | Path, key: dict, fill_seconds: float | None = None) -> None:
         self.folder, self.key, self.fill_seconds = Path(folder), key, fill_seconds
-        key_file = self.folder / "key.json"
-        found = read_json(key_file, "feature cache key") if key_file.is_file() else None
-        if found != key:
-            changed = sorted(k for k in key if found is None or found.get(k) != key[k])
-            raise UserError(f"feature cache {self.folder} does not match this run (differs in: {', '.join(changed)})")
+        self._check_key()
         index = read_json(self.folder / "index.json", "feature cache index")
         self.rows = {image_id: row for row, image_id in enumerate(index["image_ids"])}
         self.missing = set(index["missing"])
         self._features: np.ndarray | None = None  # opened in each loader process, never pickled into one
+
+    def _check_key(self) -> None:
+        key_file = self.folder / "key.json"
+        found = read_json(key_file, "feature cache key") if key_file.is_file() else None
+        if found != self.key:
+            changed = sorted(k for k in self.key if found is None or found.get(k) != self.key[k])
+            raise UserError(f"feature cache {self.folder} does not match this run (differs in: {', '.join(changed)})")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_features": None}
@@ -112,6 +115,7 @@ class FeatureCache:
         """(N, M, C_enc) float16, memory-mapped: a row is read from disk (or the page cache) when indexed."""
         if self._features is None:
             self._features = np.load(self.folder / "features.npy", mmap_mode="r")
+            self._check_key()  # after opening: another run filling the same folder since would have changed its key
         return self._features
 
     def get(self, image_id) -> torch.Tensor | None:

@@ -114,6 +114,15 @@ def test_the_cache_holds_the_encoders_tokens_and_a_second_run_reuses_it(shapes_r
     assert features.stat().st_mtime_ns == written
 
 
+def test_a_cache_refilled_by_another_run_before_it_is_read_is_refused(shapes_root, tmp_path):
+    first = datamodule(shapes_root, tmp_path)
+    first.open_feature_cache(first.fill_feature_cache(frozen_encoder()))
+    # Another run with another encoder fills the same folder before this run's loader reads a row.
+    datamodule(shapes_root, tmp_path).fill_feature_cache(frozen_encoder(seed=1))
+    with pytest.raises(ValueError, match=r"feature cache .*train does not match this run \(differs in: weights_sha256"):
+        first.datasets["train"][0]
+
+
 @pytest.mark.parametrize("change", ["encoder weights", "output stride", "image size"])
 def test_the_cache_is_rebuilt_when_its_key_changes(shapes_root, tmp_path, change):
     datamodule(shapes_root, tmp_path).fill_feature_cache(frozen_encoder())
