@@ -7,6 +7,7 @@ captions format and trained through the COCO path, as users' own data would be; 
 
     python benchmarks/heldout_shapes.py --out data/heldout            # writes the data and prints the two commands
     python benchmarks/heldout_shapes.py --out data/heldout --run      # also runs XE then SCST and prints the gain
+    python benchmarks/heldout_shapes.py --out data/heldout --report RUN_DIR ...   # what tested runs got right
 
 The runs use configs/shapes_hard.yaml and configs/shapes_hard_scst.yaml unchanged except for the data paths.
 """
@@ -14,18 +15,22 @@ The runs use configs/shapes_hard.yaml and configs/shapes_hard_scst.yaml unchange
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from captioning.data.shapes import write_splits  # noqa: E402
+from captioning.metrics.cider import CiderD  # noqa: E402
 
 COLOURS = {"orange": (240, 140, 30), "pink": (235, 110, 180), "cyan": (40, 200, 210), "brown": (130, 80, 40)}
 KINDS = {"hexagon": 6, "star": 5, "ring": 0, "square": 4}  # polygon corners; a ring is a circle outline
@@ -77,40 +82,98 @@ def _draw(scene: list[dict], background: str, size: int) -> Image.Image:
     return image
 
 
-def _describe(scene: list[dict], background: str, rng: random.Random) -> list[str]:
+# Wordings: "{total}" is "3 objects", "{listing}" the groups in some order ("two pink stars, an orange ring and ...").
+TEMPLATES = (
+    "{listing} {verb} scattered over a {background} backdrop",
+    "on a {background} backdrop {verb} {listing}",
+    "this {background} card shows {listing}",
+    "{total} in total: {listing}",
+    "someone drew {listing}",
+    "{listing}",
+    "a {background} pattern behind {listing}",
+)
+
+
+def _groups(scene: list[dict]) -> list[tuple[tuple[str, str], int]]:
+    """((colour, kind), count) of each group of the scene, in the order the scene first shows them."""
     groups: dict[tuple, int] = {}
     for s in scene:
         groups[(s["colour"], s["kind"])] = groups.get((s["colour"], s["kind"]), 0) + 1
+    return list(groups.items())
 
-    def listing() -> str:
-        parts = [
-            f"{COUNT_WORDS[n] if n > 1 else ('an' if colour[0] in 'aeiou' else 'a')} {colour} "
-            f"{PLURAL[kind] if n > 1 else kind}"
-            for (colour, kind), n in rng.sample(list(groups.items()), len(groups))
-        ]
-        return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
-    verb = "is" if len(scene) == 1 else "are"
-    templates = [
-        lambda: f"{listing()} {verb} scattered over a {background} backdrop",
-        lambda: f"on a {background} backdrop {verb} {listing()}",
-        lambda: f"this {background} card shows {listing()}",
-        lambda: f"{len(scene)} object{'s' * (len(scene) > 1)} in total: {listing()}",
-        lambda: f"someone drew {listing()}",
-        lambda: f"{listing()}",
-        lambda: f"a {background} pattern behind {listing()}",
+def _caption(template: str, scene: list[dict], background: str, groups: list) -> str:
+    parts = [
+        f"{COUNT_WORDS[n] if n > 1 else ('an' if colour[0] in 'aeiou' else 'a')} {colour} "
+        f"{PLURAL[kind] if n > 1 else kind}"
+        for (colour, kind), n in groups
     ]
-    return [_sentence(template()) for template in rng.sample(templates, 5)]
-
-
-def _sentence(text: str) -> str:
+    listing = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    total = f"{len(scene)} object{'s' * (len(scene) > 1)}"
+    text = template.format(listing=listing, verb="is" if len(scene) == 1 else "are", background=background, total=total)
     return f"{text[0].upper()}{text[1:]}."
+
+
+def _describe(scene: list[dict], background: str, rng: random.Random) -> list[str]:
+    """Five captions: five of the wordings, each listing the groups in its own random order."""
+    groups = _groups(scene)
+    return [_caption(t, scene, background, rng.sample(groups, len(groups))) for t in rng.sample(TEMPLATES, 5)]
+
+
+def true_captions(scene: list[dict], background: str) -> dict[str, list[str]]:
+    """Every caption that describes the scene right, by wording: each template with the groups in every order."""
+    groups = _groups(scene)
+    orders = list(itertools.permutations(groups))
+    return {t: [_caption(t, scene, background, list(order)) for order in orders] for t in TEMPLATES}
 
 
 def _example(rng: random.Random, size: int):
     scene, background = _scene(rng, size), rng.choice(["checkered", "dotted", "plain"])
     fields = {"scene": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in s.items()} for s in scene]}
+    fields["background"] = background
     return _draw(scene, background, size), fields, _describe(scene, background, rng)
+
+
+def _words(caption: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[a-z0-9]+", caption.lower()))  # as the PTB tokenizer leaves them, punctuation gone
+
+
+def wording_report(annotations: Path, predictions: Path) -> dict[str, float]:
+    """What a run's test captions get right, and what their wording scores against the best a model can do.
+
+    scene_right: the share of captions that describe the scene exactly (every group with its colour, kind and count,
+    and the background where the wording names it), in any of the wordings and orders. CIDEr_right: their mean
+    CIDEr-D. best_wording: the mean CIDEr-D of a model that is always right and words the scenes with as many objects
+    and groups alike, in the wording that scores best on average over them, the groups in any order (the references
+    list them in random orders). No model can know which five wordings an image's references use, so a model that
+    describes every scene right scores about this.
+    """
+    data = json.loads(annotations.read_text())
+    references: dict[int, list[str]] = {}
+    for annotation in data["annotations"]:
+        references.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    cider = CiderD(references)  # the test references' document frequencies, as evaluation uses
+    written = {p["image_id"]: p["caption"] for p in json.loads(predictions.read_text())}
+    ids = [image["id"] for image in data["images"]]
+    scores = cider.score_batch([written[i] for i in ids], ids)
+    right, by_class = [], {}
+    for image in data["images"]:
+        captions = true_captions(image["scene"], image["background"])
+        right.append(_words(written[image["id"]]) in {_words(c) for wording in captions.values() for c in wording})
+        wordings = by_class.setdefault((len(image["scene"]), len(_groups(image["scene"]))), {})
+        for template, wording in captions.items():  # the mean over the listing orders
+            wordings.setdefault(template, []).append(cider.score_batch(wording, [image["id"]] * len(wording)).mean())
+    right = np.array(right)
+    best = sum(max(sum(s) for s in wordings.values()) for wordings in by_class.values()) / len(ids)
+    return {"CIDEr": scores.mean(), "scene_right": right.mean(), "CIDEr_right": scores[right].mean(),
+            "best_wording": best}  # fmt: skip
+
+
+def _print_report(name: str, report: dict[str, float]) -> None:
+    print(
+        f"{name}: test CIDEr-D {report['CIDEr']:.3f}; the scene described right {report['scene_right']:.1%}, "
+        f"their CIDEr-D {report['CIDEr_right']:.3f} against {report['best_wording']:.3f} for the best wording"
+    )
 
 
 def main() -> None:
@@ -118,8 +181,14 @@ def main() -> None:
     parser.add_argument("--out", default="data/heldout", type=Path)
     parser.add_argument("--seed", default=0, type=int, help="the configs' seed_everything for both runs")
     parser.add_argument("--run", action="store_true", help="train XE then SCST with the shipped configs")
+    parser.add_argument("--report", nargs="+", type=Path, metavar="RUN", help="only report on these tested runs")
     args = parser.parse_args()
-    write_splits(args.out, {"variant": "heldout", "version": 1}, _example, 128, SPLITS, seed=100)
+    write_splits(args.out, {"variant": "heldout", "version": 2}, _example, 128, SPLITS, seed=100)
+    test_annotations = args.out / "annotations" / "captions_test.json"
+    if args.report:
+        for run in args.report:
+            _print_report(str(run), wording_report(test_annotations, run / "predictions.json"))
+        return
     splits = ("train", "val", "test")
     data = [
         "--data.dataset", "coco", "--data.root", "null",
@@ -135,10 +204,15 @@ def main() -> None:
     xe_run = sorted((args.out / "runs" / "xe").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
     scst = ["fit", "--config", "configs/shapes_hard_scst.yaml", *data, "--trainer.logger.init_args.name", "scst"]
     scst += ["--model.init_from", str(xe_run / "checkpoints" / "best.ckpt")]
+    scst += ["--data.feature_cache", str(args.out / "runs" / "scst_features")]  # the tokens of this XE run's encoder
     print("SCST:", shlex.join(["captioning", *scst]))
     subprocess.run([sys.executable, "-m", "captioning", *scst], check=True)
     scst_run = sorted((args.out / "runs" / "scst").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
-    before, after = (json.loads((run / "metrics.json").read_text())["CIDEr"] for run in (xe_run, scst_run))
+    reports = {name: wording_report(test_annotations, run / "predictions.json") for name, run in
+               (("XE", xe_run), ("SCST", scst_run))}  # fmt: skip
+    for name, report in reports.items():
+        _print_report(name, report)
+    before, after = reports["XE"]["CIDEr"], reports["SCST"]["CIDEr"]
     print(f"test CIDEr-D: XE {before:.3f}, SCST {after:.3f}, SCST / XE = {after / before:.3f}")
 
 
