@@ -181,11 +181,13 @@ class CaptioningModule(LightningModule):
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.tokenizer is not None:
-            architecture = ("encoder", "pretrained", "freeze_encoder", "image_size", "encoder_output_stride", "dim")
-            architecture += ("depth", "num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
+            architecture = ("encoder", "pretrained", "image_size", "encoder_output_stride", "dim", "depth")
+            architecture += ("num_heads", "mlp_ratio", "max_length", "dropout", "memory_positions")
             architecture += ("memory_layers", "focus_offsets", "head_offsets", "memory_sink")
-            settings = {**{k: hp[k] for k in architecture}, "freeze_encoder": bool(hp.freeze_encoder)}
-            config = ModelConfig(vocab_size=datamodule.tokenizer.vocab_size, **settings)
+            settings = {k: hp[k] for k in architecture}
+            config = ModelConfig(
+                vocab_size=datamodule.tokenizer.vocab_size, freeze_encoder=bool(hp.freeze_encoder), **settings
+            )
             self._build(config, datamodule.tokenizer)
             self._start_average()
 
