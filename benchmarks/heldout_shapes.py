@@ -165,8 +165,8 @@ def wording_report(annotations: Path, predictions: Path) -> dict[str, float]:
             wordings.setdefault(template, []).append(cider.score_batch(wording, [image["id"]] * len(wording)).mean())
     right = np.array(right)
     best = sum(max(sum(s) for s in wordings.values()) for wordings in by_class.values()) / len(ids)
-    return {"CIDEr": scores.mean(), "scene_right": right.mean(), "CIDEr_right": scores[right].mean(),
-            "best_wording": best}  # fmt: skip
+    right_mean = scores[right].mean() if right.any() else float("nan")
+    return {"CIDEr": scores.mean(), "scene_right": right.mean(), "CIDEr_right": right_mean, "best_wording": best}
 
 
 def _print_report(name: str, report: dict[str, float]) -> None:
