@@ -19,7 +19,6 @@ import itertools
 import json
 import math
 import random
-import re
 import shlex
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from captioning.data.shapes import write_splits  # noqa: E402
 from captioning.metrics.cider import CiderD  # noqa: E402
+from captioning.metrics.tokenize import ptb_tokenize, tokenize_lines  # noqa: E402
 
 COLOURS = {"orange": (240, 140, 30), "pink": (235, 110, 180), "cyan": (40, 200, 210), "brown": (130, 80, 40)}
 KINDS = {"hexagon": 6, "star": 5, "ring": 0, "square": 4}  # polygon corners; a ring is a circle outline
@@ -134,8 +134,9 @@ def _example(rng: random.Random, size: int):
     return _draw(scene, background, size), fields, _describe(scene, background, rng)
 
 
-def _words(caption: str) -> tuple[str, ...]:
-    return tuple(re.findall(r"[a-z0-9]+", caption.lower()))  # as the PTB tokenizer leaves them, punctuation gone
+def describes_scene(caption: str, captions: dict[str, list[str]]) -> bool:
+    """Whether `caption` is one of a scene's `true_captions`, compared as evaluation reads them (PTB-tokenized)."""
+    return ptb_tokenize(caption) in set(tokenize_lines([c for wording in captions.values() for c in wording]))
 
 
 def wording_report(annotations: Path, predictions: Path) -> dict[str, float]:
@@ -159,7 +160,7 @@ def wording_report(annotations: Path, predictions: Path) -> dict[str, float]:
     right, by_class = [], {}
     for image in data["images"]:
         captions = true_captions(image["scene"], image["background"])
-        right.append(_words(written[image["id"]]) in {_words(c) for wording in captions.values() for c in wording})
+        right.append(describes_scene(written[image["id"]], captions))
         wordings = by_class.setdefault((len(image["scene"]), len(_groups(image["scene"]))), {})
         for template, wording in captions.items():  # the mean over the listing orders
             wordings.setdefault(template, []).append(cider.score_batch(wording, [image["id"]] * len(wording)).mean())

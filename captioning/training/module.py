@@ -171,10 +171,10 @@ class CaptioningModule(LightningModule):
             rank_zero_warn("model.scst without model.init_from: self-critical training starts from random weights")
         if self.restore_from or hp.init_from:
             config, tokenizer, state = load_checkpoint(self.restore_from or hp.init_from, mmap=True)
-            config = {**config.to_dict(), "pretrained": False}
+            values = {**config.to_dict(), "pretrained": False}
             if not self.restore_from and hp.freeze_encoder is not None:  # a choice of this run, not of the architecture
-                config["freeze_encoder"] = hp.freeze_encoder
-            self._build(ModelConfig.from_dict(config), tokenizer)
+                values["freeze_encoder"] = hp.freeze_encoder
+            self._build(ModelConfig.from_dict(values), tokenizer)
             if not self.restore_from:
                 self.model.load_state_dict(state)
             self._start_average()  # from the weights it starts from
