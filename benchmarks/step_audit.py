@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from captioning.data.datamodule import CaptionDataModule  # noqa: E402
 from captioning.errors import UserError, first_line  # noqa: E402
 from captioning.model import CaptioningModel, ModelConfig  # noqa: E402
+from captioning.text.packing import PackedRows, pack_captions  # noqa: E402
 from captioning.training.module import CaptioningModule  # noqa: E402
 from captioning.training.nonfinite import NonFiniteGuard  # noqa: E402
 from captioning.training.progress import LineProgress  # noqa: E402
@@ -303,8 +304,8 @@ def _run_guard(guard: NonFiniteGuard, loss: torch.Tensor, optimizer) -> None:
 
 def compile_audit(config: dict, widths: range, scst_samples: int) -> dict:
     """Graph breaks and recompiles of the compiled model (backend "eager": what Dynamo captures, on any machine) over
-    caption widths, for each pass on its own (a run trains with one of them): the XE training forward and backward,
-    and SCST's teacher-forced pass, which runs the decoder without dropout (the policy that sampled)."""
+    caption widths, for each pass on its own (a run trains with one of them): the XE training forward and backward
+    over packed rows, and SCST's teacher-forced pass, which runs the decoder without dropout (the sampling policy)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -327,8 +328,10 @@ def compile_audit(config: dict, widths: range, scst_samples: int) -> dict:
         first = None
         for width in widths:
             tokens = torch.randint(3, 100, (2 * rows, width))
-            if name == "xe":
-                model(images, tokens).float().sum().backward()
+            if name == "xe":  # as the collate packs them: one row per image
+                packed = pack_captions(tokens, rows, pad_id=0)
+                packing = PackedRows(packed["positions"], packed["segments"])
+                model.decoder(packed["inputs"], model.encode(images), packing=packing).float().sum().backward()
             else:
                 memory = model.encode(images)  # (B, M, D), with gradients: the pass trains the encoder too
                 model.decoder.eval()

@@ -3,8 +3,9 @@
 All at one size: ViT-S/16 at 224 px, a 6-layer decoder 512 wide (8 heads, MLP 2048), a 10,000-word vocabulary,
 B images x K captions per step (real COCO photos, caption lengths of their real captions), captions padded to the
 longest of their batch, fused AdamW on every side, fp32.
-(a) ours as it trains: each image encoded once, its K captions share its memory; the LM head and the loss at every
-    position, padding left out by `ignore_index` (fixed shapes: no host sync, no graph break); label smoothing 0.1;
+(a) ours as it trains: each image encoded once, its K captions packed back to back in one row per image (packed by
+    the collate, on the host: see `captioning.text.packing`); the LM head and the loss at every position, padding
+    left out by `ignore_index` (fixed shapes: no host sync, no graph break); label smoothing 0.1;
 (b) ours with the LM head and the loss only at real positions (a boolean mask: fewer FLOPs, but a host sync);
 (c) HF as its Trainer runs it: VisionEncoderDecoderModel (ViTModel + BertLMHeadModel with cross-attention), the
     pixels repeated per caption, `labels` with -100 at padding, fused AdamW (`TrainingArguments.optim` defaults to
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from captioning.model import CaptioningModel, ModelConfig
+from captioning.text.packing import PackedRows, pack_captions
 from captioning.training.optim import use_fused_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +57,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_batches(args: argparse.Namespace, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`count` batches of images (B, 3, 224, 224) and tokens (B*K, T+1) `[BOS] w.. [EOS] [PAD]..`.
+def make_batches(args: argparse.Namespace, count: int = 4) -> list[dict[str, torch.Tensor]]:
+    """`count` batches of "images" (B, 3, 224, 224), "tokens" (B*K, T+1) `[BOS] w.. [EOS] [PAD]..`, and the same
+    captions packed as our collate hands them over ("inputs", "targets", "positions", "segments", one row per image).
 
     Real photos through our data pipeline, and word ids drawn at random in captions as long as their real COCO
     captions (random pixels and lengths if the shared data is absent).
@@ -84,7 +87,8 @@ def make_batches(args: argparse.Namespace, count: int = 4) -> list[tuple[torch.T
             rows.append([BOS, *(rng.randrange(4, args.vocab_size) for _ in range(words)), EOS])
         width = max(len(row) for row in rows)  # padded to the longest caption of the batch, as our collate does
         tokens = torch.tensor([row + [PAD] * (width - len(row)) for row in rows])
-        batches.append((images.to(args.device), tokens.to(args.device)))
+        batch = {"images": images, "tokens": tokens, **pack_captions(tokens, K, PAD)}
+        batches.append({key: value.to(args.device) for key, value in batch.items()})
     return batches
 
 
@@ -113,14 +117,18 @@ CLOCK = OptimizerClock()
 def ours_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, lean: bool, key: str) -> Callable:
     """One XE training step of our model: as it trains (fixed shapes), or `lean`, the head at real positions only."""
 
-    def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B*K, T)
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        memory, packing, targets = (
+            model.encode(batch["images"]),
+            PackedRows(batch["positions"], batch["segments"]),
+            batch["targets"],
+        )
         if lean:
             real = targets != PAD
-            logits = model(images, inputs, mask=real)  # (N, V) at the real positions
+            logits = model.decoder(batch["inputs"], memory, mask=real, packing=packing)  # (N, V) at the real positions
             loss = F.cross_entropy(logits.float(), targets[real], label_smoothing=0.1)
         else:
-            logits = model(images, inputs)  # (B*K, T, V)
+            logits = model.decoder(batch["inputs"], memory, packing=packing)  # (B, T, V), one image per row
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, label_smoothing=0.1
             )
@@ -171,7 +179,8 @@ def hf_step(model, optimizer: torch.optim.Optimizer, captions: int, encode_once:
     """One training step of the HF model: pixels repeated per caption (as people run it), or encoded once."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        images, tokens = batch["images"], batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         labels = targets.masked_fill(targets == PAD, -100)
         mask = (inputs != PAD).long()
@@ -189,11 +198,11 @@ def hf_step(model, optimizer: torch.optim.Optimizer, captions: int, encode_once:
     return step
 
 
-def step_flops(step: Callable, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+def step_flops(step: Callable, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one step's forward and backward (the optimizer's elementwise update is not counted)."""
     counter = FlopCounterMode(display=False)
     with counter:
-        step(*batch)
+        step(batch)
     return counter.get_total_flops()
 
 
@@ -218,13 +227,13 @@ def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace)
     optimizer_seconds = dict.fromkeys(steps, 0.0)
     cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
     for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
-        step(*batches[0])
+        step(batches[0])
     for _ in range(args.repeats):
         for key, step in steps.items():
             CLOCK.seconds[key] = 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             for index in range(args.steps):
-                step(*batches[index % len(batches)])
+                step(batches[index % len(batches)])
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - started) / args.steps
@@ -267,9 +276,12 @@ def main() -> None:
             steps["d"] = hf_step(hf_run, hf_optimizer, args.captions, encode_once=True, key="d")
             params["hf"] = sum(p.numel() for p in hf.parameters())
     B, K = args.images, args.captions
-    real = sum(int((t[:, 1:] != PAD).sum()) for _, t in batches) / sum(t[:, 1:].numel() for _, t in batches)
+    real = sum(int((b["targets"] != PAD).sum()) for b in batches)
+    padded, packed = (sum(b[key].numel() for b in batches) for key in ("tokens", "targets"))
+    padded -= sum(len(b["tokens"]) for b in batches)  # positions read: the end token is not
     print(
-        f"{B} images x {K} captions per step, vocabulary {args.vocab_size}, {real:.0%} of caption positions real, "
+        f"{B} images x {K} captions per step, vocabulary {args.vocab_size}, caption positions real: "
+        f"{real / padded:.0%} padded per caption (HF), {real / packed:.0%} packed per image (ours)\n"
         f"{args.device}, {torch.get_num_threads()} threads, fp32, {'compiled' if args.compile else 'eager'}, "
         f"torch {torch.__version__}"
     )

@@ -32,6 +32,7 @@ from captioning.data.shapes_checks import ShapesCaptionChecks
 from captioning.data.transforms import build_transform, data_config, load_image
 from captioning.errors import UserError
 from captioning.metrics.words import ENGLISH, check_language
+from captioning.text.packing import pack_captions
 from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
 
@@ -94,7 +95,7 @@ class CaptionDataset(Dataset):
 
 
 class TrainCollate:
-    """Stacks images (B, 3, H, W) and tokenizes K captions of each into tokens (B*K, T), image-major."""
+    """Stacks images (B, 3, H, W) and tokenizes K captions of each, packed one image per row (see `packing`)."""
 
     def __init__(self, tokenizer: CaptionTokenizer, captions_per_image: int, max_length: int) -> None:
         self.tokenizer, self.captions_per_image, self.max_length = tokenizer, captions_per_image, max_length
@@ -105,7 +106,8 @@ class TrainCollate:
         for item in items:
             if _inputs(item) is not None:
                 captions += _pick(item["captions"], self.captions_per_image)
-        batch["tokens"] = self.tokenizer.encode(captions, self.max_length) if captions else torch.zeros(0, 2).long()
+        tokens = self.tokenizer.encode(captions, self.max_length) if captions else torch.zeros(0, 2).long()
+        batch.update(pack_captions(tokens, self.captions_per_image, self.tokenizer.pad_id))
         return batch
 
 

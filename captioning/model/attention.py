@@ -81,6 +81,7 @@ class Attention(nn.Module):
         context: Tensor | None = None,
         *,
         is_causal: bool = False,
+        attend: Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
         locate: Tensor | None = None,
@@ -91,11 +92,13 @@ class Attention(nn.Module):
             x: text states (B*G, T, D), G captions or beams per image (G = 1 for self-attention).
             context: image memory (B, M, D), or None for self-attention.
             is_causal: each position sees only itself and earlier positions (self-attention).
+            attend: (B, 1, T, T) bool, True where a position may look, in place of `is_causal`: rows that hold
+                several captions back to back (see `packing`), each causal within its own caption.
             cache: keys/values from earlier steps (self-attention) or of the projected memory (cross-attention).
             need_weights: also return the attention weights (B*G, nh, T, S), computed explicitly.
             locate: (S, P) values of the attended positions (e.g. their grid coordinates): also return their
-                attention-weighted sum per head, (B*G, nh, T, P), where each head looked (not with need_weights,
-                whose weights give it).
+                attention-weighted sum per head, (B*G, nh, T, P), where each head looked. The weights are then
+                computed explicitly, once for both sums (not with need_weights, whose weights give it).
 
         Returns:
             The attended states (B*G, T, D), and the weights when asked for.
@@ -129,21 +132,24 @@ class Attention(nn.Module):
         # Stack the G query sequences of each image: (B*G, nh, T, hs) -> (B, nh, G*T, hs).
         q = q.view(B, G, self.num_heads, T, self.head_dim).transpose(1, 2).reshape(B, self.num_heads, G * T, -1)
 
-        weights = None
+        dropout = self.dropout if self.training else 0.0
+        weights = found = None
         if need_weights:
-            y, weights = _attention_with_weights(q, k, v, is_causal)
+            y, weights = _attention_with_weights(q, k, v, is_causal, attend)
+        elif locate is not None:  # one softmax for both sums; the places are read without dropout
+            weights = (q @ k.transpose(-2, -1) * q.size(-1) ** -0.5).softmax(dim=-1)  # (B, nh, G*T, S)
+            y = F.dropout(weights, dropout, self.training) @ v  # (B, nh, G*T, hs)
+            found = weights @ locate.to(q.dtype)  # (B, nh, G*T, P)
         else:
-            dropout = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)  # (B, nh, G*T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout, is_causal=is_causal)
 
         # Unstack: (B, nh, G*T, hs) -> (B*G, T, D).
         y = y.view(B, self.num_heads, G, T, self.head_dim).permute(0, 2, 3, 1, 4).reshape(BG, T, D)
         y = self.proj(y)
         if need_weights:
             return y, _per_caption(weights, G, T)  # weights: (B*G, nh, T, S)
-        if locate is not None:  # the same weights (without dropout) applied to the positions' values
-            places = locate.to(q.dtype).expand(B, self.num_heads, -1, -1)  # (B, nh, S, P)
-            return y, _per_caption(F.scaled_dot_product_attention(q, k, places), G, T)  # (B*G, nh, T, P)
+        if found is not None:
+            return y, _per_caption(found, G, T)  # (B*G, nh, T, P)
         return y
 
 
@@ -153,12 +159,15 @@ def _per_caption(stacked: Tensor, G: int, T: int) -> Tensor:
     return stacked.view(B, nh, G, T, X).transpose(1, 2).reshape(B * G, nh, T, X)
 
 
-def _attention_with_weights(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:
+def _attention_with_weights(
+    q: Tensor, k: Tensor, v: Tensor, is_causal: bool, attend: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """softmax(Q K^T / sqrt(hs)) V, written out so that the weights can be returned (for visualisation)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, S)
     if is_causal:
         Tq, S = scores.shape[-2:]
-        mask = torch.ones(Tq, S, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~mask, float("-inf"))
+        attend = torch.ones(Tq, S, dtype=torch.bool, device=q.device).tril()
+    if attend is not None:
+        scores = scores.masked_fill(~attend, float("-inf"))
     weights = scores.softmax(dim=-1)
     return weights @ v, weights  # (B, nh, Tq, hs), (B, nh, Tq, S)

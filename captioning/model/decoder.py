@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from captioning.model.attention import Attention, KVCache
 from captioning.model.focus import FocusOffsets
+from captioning.text.packing import PackedRows
 
 
 class MLP(nn.Module):
@@ -62,13 +63,16 @@ class DecoderBlock(nn.Module):
         caches: tuple[KVCache, KVCache] | None = None,
         grid: Tensor | None = None,
         previous: Tensor | None = None,
+        attend: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """The block's output (B*G, T, D) and its focus (B*G, T, 2), None without `focus`.
 
         `grid` is the memory's `grid_coordinates` (M, 3) and `previous` the focus of the block before (None first).
+        `attend` (B, 1, T, T) replaces the causal mask for packed rows (see `packing`).
         """
         self_cache, cross_cache = caches if caches is not None else (None, None)
-        x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True, cache=self_cache))  # text -> earlier text
+        h = self.self_attn(self.norm1(x), is_causal=attend is None, attend=attend, cache=self_cache)
+        x = x + self.drop(h)  # text -> earlier text (of the same caption)
         focus = None
         if self.focus is None:
             x = x + self.drop(self.cross_attn(self.norm2(x), context=memory, cache=cross_cache))  # text -> image
@@ -141,12 +145,15 @@ class TextDecoder(nn.Module):
         """Empty (self-attention, cross-attention) caches, one pair per block, for step-by-step decoding."""
         return [(KVCache(), KVCache()) for _ in self.blocks]
 
-    def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
-        T = tokens.size(1)
-        if start + T > self.max_length:
-            raise ValueError(f"caption of {start + T} tokens exceeds max_length {self.max_length}")
-        positions = torch.arange(start, start + T, device=tokens.device)
-        return self.drop(self.token_embed(tokens) + self.pos_embed(positions))  # (B*G, T, D)
+    def embed(self, tokens: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+        """Token plus position embeddings (B*G, T, D); `positions` (B*G, T), each token's place in its own caption,
+        for packed rows, else `start`, `start + 1`, ..."""
+        if positions is None:
+            T = tokens.size(1)
+            if start + T > self.max_length:
+                raise ValueError(f"caption of {start + T} tokens exceeds max_length {self.max_length}")
+            positions = torch.arange(start, start + T, device=tokens.device)
+        return self.drop(self.token_embed(tokens) + self.pos_embed(positions))
 
     def forward(
         self,
@@ -155,26 +162,31 @@ class TextDecoder(nn.Module):
         caches: list[tuple[KVCache, KVCache]] | None = None,
         start: int = 0,
         mask: Tensor | None = None,
+        packing: PackedRows | None = None,
     ) -> Tensor:
         """Next-token logits.
 
         Args:
-            tokens: (B*G, T) token ids, G captions or beams per image.
+            tokens: (B*G, T) token ids, G captions or beams per image; or, with `packing`, (B, T): the captions of
+                each image back to back in one row.
             memory: (B, M, D) image memory.
             caches: from `new_caches`, for incremental decoding; `start` is then the position of tokens[:, 0].
             start: position of the first token.
             mask: (B*G, T) bool, the positions to score, e.g. those whose target is a word and not padding. The
                 blocks still see every position; the final norm and the LM head (a D x V product, the widest of the
                 step) run only where the mask is set.
+            packing: where each packed caption starts (see `packing`): positions restart there, and
+                self-attention stays within each caption.
 
         Returns:
             Logits (B*G, T, V), or (N, V) at the N masked positions in row-major order.
         """
-        x = self.embed(tokens, start)
         if caches is None:
-            x = (self._compiled_stack or run_blocks)(self, x, memory)
+            positions, attend = (None, None) if packing is None else (packing.positions, packing.attention_mask())
+            x = self.embed(tokens, start, positions)
+            x = (self._compiled_stack or run_blocks)(self, x, memory, attend)
         else:
-            focus = None  # where the block before looked (see `focus`)
+            x, focus = self.embed(tokens, start), None  # focus: where the block before looked (see `focus`)
             for block, cache in zip(self.blocks, caches, strict=True):
                 x, focus = block(x, memory, cache, self.memory_grid, focus)
         if mask is not None:
@@ -192,11 +204,11 @@ class TextDecoder(nn.Module):
         return self.head(self.norm(x)), torch.stack(self_maps), torch.stack(cross_maps)
 
 
-def run_blocks(decoder: TextDecoder, x: Tensor, memory: Tensor) -> Tensor:
-    """The decoder's blocks over whole captions (B*G, T, D), without caches."""
+def run_blocks(decoder: TextDecoder, x: Tensor, memory: Tensor, attend: Tensor | None = None) -> Tensor:
+    """The decoder's blocks over whole captions (B*G, T, D), without caches; `attend` for packed rows."""
     focus = None  # where the block before looked (see `focus`)
     for block in decoder.blocks:
-        x, focus = block(x, memory, None, decoder.memory_grid, focus)
+        x, focus = block(x, memory, None, decoder.memory_grid, focus, attend)
     return x
 
 

@@ -26,6 +26,7 @@ from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import decode
+from captioning.text.packing import PackedRows
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
 from captioning.training.ema import WeightAverage
@@ -329,18 +330,19 @@ class CaptioningModule(LightningModule):
             return self._placeholder_step()
         if self.hparams.scst:
             return self._self_critical_step(batch)
-        loss = self._reference_loss(batch["tokens"], self.batch_memory(batch))
+        loss = self._reference_loss(batch, self.batch_memory(batch))
         # Not on the progress bar: Lightning reads its values back at every step (the bars show the logged ones).
         self.log("train/loss", loss, batch_size=len(batch["image_ids"]))
         return loss
 
-    def _reference_loss(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced cross-entropy of the reference captions `tokens` (B*K, T+1), [BOS] words [EOS] [PAD]...,
-        K per image of `memory` (B, M, D)."""
-        logits = self.model.decoder(tokens[:, :-1], memory)  # (B*K, T, V)
+    def _reference_loss(self, batch: dict, memory: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the batch's reference captions, packed one image of `memory` (B, M, D)
+        per row (see `packing`)."""
+        packing = PackedRows(batch["positions"], batch["segments"])
+        logits = self.model.decoder(batch["inputs"], memory, packing=packing)  # (B, T, V)
         # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=self.tokenizer.pad_id,
+            logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=self.tokenizer.pad_id,
             label_smoothing=self.hparams.label_smoothing,
         )  # fmt: skip
 
@@ -393,7 +395,7 @@ class CaptioningModule(LightningModule):
         loss = scst.self_critical_loss(log_probs, rewards, baselines)
         B = len(image_ids)
         if self.hparams.scst_xe_weight:
-            reference_loss = self._reference_loss(batch["tokens"], memory)
+            reference_loss = self._reference_loss(batch, memory)
             self.log("scst/reference_loss", reference_loss, batch_size=B)
             loss = loss + self.hparams.scst_xe_weight * reference_loss
         self.log("train/loss", loss, batch_size=B)

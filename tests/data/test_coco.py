@@ -87,4 +87,4 @@ def test_unreadable_image_is_skipped_and_counted(shapes_root, tmp_path):
     with pytest.warns(UserWarning, match="skipping unreadable image: .*broken.png"):
         batch = TrainCollate(tokenizer, captions_per_image=5, max_length=20)([dataset[i] for i in range(4)])
     assert batch["skipped"] == 1 and batch["images"].shape == (3, 3, 64, 64)
-    assert batch["tokens"].shape[0] == 15 and batch["image_ids"] == [records[i].image_id for i in (0, 2, 3)]
+    assert batch["inputs"].shape[0] == 3 and batch["image_ids"] == [records[i].image_id for i in (0, 2, 3)]

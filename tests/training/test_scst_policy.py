@@ -8,6 +8,7 @@ import torch
 from lightning import Callback, Trainer
 
 from captioning.model.attention import Attention
+from captioning.text.packing import PackedRows
 from captioning.training.module import CaptioningModule
 from tests.conftest import TINY_MODEL, tiny_data
 
@@ -49,10 +50,10 @@ class FirstStep(Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         with torch.no_grad():
-            tokens = batch["tokens"]
-            logits = module.model.decoder(tokens[:, :-1], module.batch_memory(batch))
+            packing = PackedRows(batch["positions"], batch["segments"])
+            logits = module.model.decoder(batch["inputs"], module.batch_memory(batch), packing=packing)
             self.reference_loss = torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=module.tokenizer.pad_id,
+                logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=module.tokenizer.pad_id,
                 label_smoothing=module.hparams.label_smoothing,
             ).item()  # fmt: skip
 

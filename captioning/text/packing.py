@@ -1,0 +1,56 @@
+"""Packed rows: the K captions of an image back to back in one row, so that a batch pads only at the end of rows.
+
+Captions of one image differ in length. Padded one per row to the longest of the batch, about a third of the
+decoder's positions are padding (COCO, 5 captions per image); packed one image per row, about a tenth. Every caption
+of a row attends to the same image, so cross-attention is unchanged. The decoder reads a packed row as K captions:
+positions restart where each caption starts, and self-attention stays within its caption (a block-diagonal causal
+mask). The loss is the same as over padded rows, and it needs no host sync: the collate packs, on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PackedRows:
+    """Where the captions of packed rows lie: `positions` (B, T), each token's place in its own caption, and
+    `segments` (B, T), which caption of the row it belongs to (the padding after the last one counts as one more)."""
+
+    positions: Tensor
+    segments: Tensor
+
+    def attention_mask(self) -> Tensor:
+        """(B, 1, T, T) bool: a token sees itself and the earlier tokens of its own caption."""
+        T = self.segments.size(1)
+        same = self.segments[:, :, None] == self.segments[:, None, :]  # (B, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=same.device).tril()
+        return (same & causal)[:, None]
+
+
+def pack_captions(tokens: Tensor, per_image: int, pad_id: int) -> dict[str, Tensor]:
+    """Padded captions (B*K, W) `[BOS] w.. [EOS] [PAD]..`, K per image in consecutive rows -> one row per image.
+
+    Returns "inputs" (B, T), what the decoder reads (each caption without its end token), "targets" (B, T), what it
+    should write next (each caption without its start token), "positions" and "segments" (see `PackedRows`); `pad_id`
+    after the last caption of a row, where the targets are ignored.
+    """
+    lengths = (tokens != pad_id).sum(dim=1).tolist()  # start and end tokens included
+    rows = [range(i, i + per_image) for i in range(0, len(lengths), per_image)]
+    width = max((sum(lengths[i] - 1 for i in row) for row in rows), default=0)
+    packed = {name: torch.full((len(rows), width), pad_id) for name in ("inputs", "targets")}
+    packed["positions"] = torch.zeros(len(rows), width, dtype=torch.long)
+    packed["segments"] = torch.full((len(rows), width), per_image)
+    for r, row in enumerate(rows):
+        start = 0
+        for k, i in enumerate(row):
+            n = lengths[i] - 1  # the words, with the start token read and the end token written
+            packed["inputs"][r, start : start + n] = tokens[i, :n]
+            packed["targets"][r, start : start + n] = tokens[i, 1 : n + 1]
+            packed["positions"][r, start : start + n] = torch.arange(n)
+            packed["segments"][r, start : start + n] = k
+            start += n
+    return packed
