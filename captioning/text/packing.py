@@ -38,19 +38,18 @@ def pack_captions(tokens: Tensor, per_image: int, pad_id: int) -> dict[str, Tens
     should write next (each caption without its start token), "positions" and "segments" (see `PackedRows`); `pad_id`
     after the last caption of a row, where the targets are ignored.
     """
-    lengths = (tokens != pad_id).sum(dim=1).tolist()  # start and end tokens included
-    rows = [range(i, i + per_image) for i in range(0, len(lengths), per_image)]
-    width = max((sum(lengths[i] - 1 for i in row) for row in rows), default=0)
-    packed = {name: torch.full((len(rows), width), pad_id) for name in ("inputs", "targets")}
-    packed["positions"] = torch.zeros(len(rows), width, dtype=torch.long)
-    packed["segments"] = torch.full((len(rows), width), per_image)
-    for r, row in enumerate(rows):
-        start = 0
-        for k, i in enumerate(row):
-            n = lengths[i] - 1  # the words, with the start token read and the end token written
-            packed["inputs"][r, start : start + n] = tokens[i, :n]
-            packed["targets"][r, start : start + n] = tokens[i, 1 : n + 1]
-            packed["positions"][r, start : start + n] = torch.arange(n)
-            packed["segments"][r, start : start + n] = k
-            start += n
+    captions = [[t for t in row if t != pad_id] for row in tokens.tolist()]  # start and end tokens included
+    rows = [captions[i : i + per_image] for i in range(0, len(captions), per_image)]
+    columns = {  # plain lists, one per row: a collate packs hundreds of captions per batch
+        "inputs": [[t for caption in row for t in caption[:-1]] for row in rows],
+        "targets": [[t for caption in row for t in caption[1:]] for row in rows],
+        "positions": [[p for caption in row for p in range(len(caption) - 1)] for row in rows],
+        "segments": [[k for k, caption in enumerate(row) for _ in caption[1:]] for row in rows],
+    }
+    width = max((len(row) for row in columns["inputs"]), default=0)
+    fill = {"inputs": pad_id, "targets": pad_id, "positions": 0, "segments": per_image}
+    packed = {}
+    for name, values in columns.items():
+        padded = [row + [fill[name]] * (width - len(row)) for row in values]
+        packed[name] = torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
     return packed
