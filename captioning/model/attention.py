@@ -137,7 +137,7 @@ class Attention(nn.Module):
         if need_weights:
             y, weights = _attention_with_weights(q, k, v, is_causal, attend)
         elif locate is not None:  # one softmax for both sums; the places are read without dropout
-            weights = (q @ k.transpose(-2, -1) * q.size(-1) ** -0.5).softmax(dim=-1)  # (B, nh, G*T, S)
+            weights = _attention_weights(q, k, is_causal, attend)  # (B, nh, G*T, S)
             y = F.dropout(weights, dropout, self.training) @ v  # (B, nh, G*T, hs)
             found = weights @ locate.to(q.dtype)  # (B, nh, G*T, P)
         else:
@@ -163,11 +163,16 @@ def _attention_with_weights(
     q: Tensor, k: Tensor, v: Tensor, is_causal: bool, attend: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """softmax(Q K^T / sqrt(hs)) V, written out so that the weights can be returned (for visualisation)."""
+    weights = _attention_weights(q, k, is_causal, attend)
+    return weights @ v, weights  # (B, nh, Tq, hs), (B, nh, Tq, S)
+
+
+def _attention_weights(q: Tensor, k: Tensor, is_causal: bool, attend: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(hs)) (B, nh, Tq, S), masked causally or by `attend`."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, S)
     if is_causal:
         Tq, S = scores.shape[-2:]
         attend = torch.ones(Tq, S, dtype=torch.bool, device=q.device).tril()
     if attend is not None:
         scores = scores.masked_fill(~attend, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    return weights @ v, weights  # (B, nh, Tq, hs), (B, nh, Tq, S)
+    return scores.softmax(dim=-1)
