@@ -330,8 +330,8 @@ def compile_audit(config: dict, widths: range, scst_samples: int) -> dict:
             tokens = torch.randint(3, 100, (2 * rows, width))
             if name == "xe":  # as the collate packs them: one row per image
                 packed = pack_captions(tokens, rows, pad_id=0)
-                packing = PackedRows(packed["positions"], packed["segments"])
-                model.decoder(packed["inputs"], model.encode(images), packing=packing).float().sum().backward()
+                logits = model.decoder(packed["inputs"], model.encode(images), packing=PackedRows.of(packed))
+                logits.float().sum().backward()
             else:
                 memory = model.encode(images)  # (B, M, D), with gradients: the pass trains the encoder too
                 model.decoder.eval()

@@ -118,11 +118,7 @@ def ours_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, lean: bo
     """One XE training step of our model: as it trains (fixed shapes), or `lean`, the head at real positions only."""
 
     def step(batch: dict[str, torch.Tensor]) -> None:
-        memory, packing, targets = (
-            model.encode(batch["images"]),
-            PackedRows(batch["positions"], batch["segments"]),
-            batch["targets"],
-        )
+        memory, packing, targets = model.encode(batch["images"]), PackedRows.of(batch), batch["targets"]
         if lean:
             real = targets != PAD
             logits = model.decoder(batch["inputs"], memory, mask=real, packing=packing)  # (N, V) at the real positions

@@ -23,6 +23,11 @@ class PackedRows:
     positions: Tensor
     segments: Tensor
 
+    @classmethod
+    def of(cls, batch: dict[str, Tensor]) -> PackedRows:
+        """The packing of a batch that `pack_captions` made (the training collate's)."""
+        return cls(batch["positions"], batch["segments"])
+
     def attention_mask(self) -> Tensor:
         """(B, 1, T, T) bool: a token sees itself and the earlier tokens of its own caption."""
         T = self.segments.size(1)

@@ -338,8 +338,7 @@ class CaptioningModule(LightningModule):
     def _reference_loss(self, batch: dict, memory: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of the batch's reference captions, packed one image of `memory` (B, M, D)
         per row (see `packing`)."""
-        packing = PackedRows(batch["positions"], batch["segments"])
-        logits = self.model.decoder(batch["inputs"], memory, packing=packing)  # (B, T, V)
+        logits = self.model.decoder(batch["inputs"], memory, packing=PackedRows.of(batch))  # (B, T, V)
         # Fixed shapes, no boolean indexing (a host sync): padding targets count in neither the sum nor the mean.
         return F.cross_entropy(
             logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=self.tokenizer.pad_id,

@@ -28,7 +28,7 @@ def test_each_row_holds_its_images_captions_back_to_back_and_positions_restart_a
     assert packed["targets"].tolist() == [a[1:] + b[1:] + [PAD, PAD], c[1:] + d[1:]]
     assert packed["positions"].tolist() == [[0, 1, 2, 0, 0, 0], [0, 1, 2, 3, 0, 1]]
     assert packed["segments"].tolist() == [[0, 0, 0, 1, 2, 2], [0, 0, 0, 0, 1, 1]]  # the padding: one more
-    mask = PackedRows(packed["positions"], packed["segments"]).attention_mask()  # (B, 1, T, T)
+    mask = PackedRows.of(packed).attention_mask()  # (B, 1, T, T)
     assert mask[0, 0, 3].tolist() == [False, False, False, True, False, False]  # b sees itself, not a
     assert mask[1, 0, 5].tolist() == [False, False, False, False, True, True]  # d's second token: d's first, itself
 
@@ -39,7 +39,7 @@ def test_the_decoder_gives_packed_rows_the_logits_and_the_loss_of_captions_padde
     images = torch.randn(3, 3, 64, 64)
     tokens = padded_captions([5, 1, 9, 3, 3, 7, 12, 2, 4])  # three images, three captions each
     packed = pack_captions(tokens, per_image=3, pad_id=PAD)
-    packing = PackedRows(packed["positions"], packed["segments"])
+    packing = PackedRows.of(packed)
     with torch.no_grad():
         padded = model(images, tokens[:, :-1])  # (9, W-1, V)
         for compiled in (False, True):

@@ -50,8 +50,7 @@ class FirstStep(Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         with torch.no_grad():
-            packing = PackedRows(batch["positions"], batch["segments"])
-            logits = module.model.decoder(batch["inputs"], module.batch_memory(batch), packing=packing)
+            logits = module.model.decoder(batch["inputs"], module.batch_memory(batch), packing=PackedRows.of(batch))
             self.reference_loss = torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=module.tokenizer.pad_id,
                 label_smoothing=module.hparams.label_smoothing,
