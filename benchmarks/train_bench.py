@@ -12,6 +12,7 @@ longest of their batch, fused AdamW on every side, fp32.
     "adamw_torch_fused" since torch 2.8);
 (d) HF fed each image once: the encoder runs on the B images, its states are repeated per caption.
 With `--compile`, each model is torch.compile'd (ours with `compile_parts`, HF's as a whole) and measured again.
+Eager, each side's image encoder is also timed alone (forward and backward), and (a) against (d) without it.
 (c) and (d) are skipped with a note when transformers is not installed. FLOPs of one step (forward and backward) are
 counted with torch.utils.flop_counter.FlopCounterMode; the fp32 matmul peak is a large matmul in the same process.
 
@@ -194,6 +195,16 @@ def hf_step(model, optimizer: torch.optim.Optimizer, captions: int, encode_once:
     return step
 
 
+def encoder_pass(encode: Callable, model: torch.nn.Module) -> Callable:
+    """The image encoder's forward and backward alone, its gradients dropped: the part that (a) and (d) share."""
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        encode(batch["images"]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
 def step_flops(step: Callable, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one step's forward and backward (the optimizer's elementwise update is not counted)."""
     counter = FlopCounterMode(display=False)
@@ -271,6 +282,10 @@ def main() -> None:
             steps["c"] = hf_step(hf_run, hf_optimizer, args.captions, encode_once=False, key="c")
             steps["d"] = hf_step(hf_run, hf_optimizer, args.captions, encode_once=True, key="d")
             params["hf"] = sum(p.numel() for p in hf.parameters())
+    encoders = {}  # eager only: a compiled HF model compiles its encoder as part of the whole
+    if "d" in steps and not args.compile:
+        encoders["a"] = encoder_pass(plain.encoder, plain)  # timm's ViT-S/16
+        encoders["d"] = encoder_pass(lambda images: hf.encoder(pixel_values=images).last_hidden_state, hf)
     B, K = args.images, args.captions
     real = sum(int((b["targets"] != PAD).sum()) for b in batches)
     padded, packed = (sum(b[key].numel() for b in batches) for key in ("tokens", "targets"))
@@ -307,6 +322,15 @@ def main() -> None:
         print(
             f"without the optimizer step: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
             f"(a)/(d) = {model_only['d'] / model_only['a']:.2f}x   (a)/(b) = {model_only['b'] / model_only['a']:.2f}x"
+        )
+    if encoders:
+        encoder_seconds = measure(encoders, batches, args)[0]
+        rest = {key: seconds[key] - encoder_seconds[key] for key in encoders}  # decoder, loss and optimizer
+        print(
+            f"the encoder alone (forward and backward): ours (timm) {encoder_seconds['a']:.2f} s, HF (ViTModel) "
+            f"{encoder_seconds['d']:.2f} s, {encoder_seconds['a'] / seconds['a']:.0%} of (a)'s step\n"
+            f"the rest of the step (decoder, loss, optimizer): (a) {rest['a']:.2f} s, (d) {rest['d']:.2f} s, "
+            f"(a)/(d) = {rest['d'] / rest['a']:.2f}x"
         )
 
 
