@@ -8,6 +8,7 @@ kernels on GPU); attention weights are computed explicitly only when a caller as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -168,8 +169,7 @@ def _attention_with_weights(
 
 def _attention_weights(q: Tensor, k: Tensor, is_causal: bool, attend: Tensor | None = None) -> Tensor:
     """softmax(Q K^T / sqrt(hs)) (B, nh, Tq, S), masked causally or by `attend`."""
-    # The queries (Tq x hs) are scaled, not the scores (Tq x S): fewer elements, forward and backward.
-    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, Tq, S)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, S)
     if is_causal:
         Tq, S = scores.shape[-2:]
         attend = torch.ones(Tq, S, dtype=torch.bool, device=q.device).tril()
