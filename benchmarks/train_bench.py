@@ -2,7 +2,9 @@
 
 All at one size: ViT-S/16 at 224 px, a 6-layer decoder 512 wide (8 heads, MLP 2048), a 10,000-word vocabulary,
 B images x K captions per step (real COCO photos, caption lengths of their real captions), captions padded to the
-longest of their batch, fused AdamW on every side, fp32.
+longest of their batch, fp32. Every side updates as its trainer does: gradients clipped to norm 1.0 (our configs'
+`gradient_clip_val`; the HF Trainer's default `max_grad_norm`), then fused AdamW; ours also runs its non-finite guard,
+whose gradient norm the clipping reuses (see `captioning.training.nonfinite`).
 (a) ours as it trains: each image encoded once, its K captions packed back to back in one row per image (packed by
     the collate, on the host: see `captioning.text.packing`); the LM head and the loss at every position, padding
     left out by `ignore_index` (fixed shapes: no host sync, no graph break); label smoothing 0.1;
@@ -35,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.text.packing import PackedRows, pack_captions
+from captioning.training.nonfinite import NonFiniteGuard
 from captioning.training.optim import use_fused_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,24 +102,33 @@ def build_ours(args: argparse.Namespace) -> CaptioningModel:
     return CaptioningModel(config).to(args.device).train()
 
 
-class OptimizerClock:
-    """Seconds spent in optimizer steps, per method: the update is part of the step, and reported on its own."""
+class UpdateClock:
+    """Seconds spent in the update (clipping, our guard, the optimizer step), per method: part of the step, and
+    reported on its own."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def step(self, key: str, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, key: str, optimizer: torch.optim.Optimizer, clip: Callable[[], object]) -> None:
         started = time.perf_counter()
+        clip()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
 
 
-CLOCK = OptimizerClock()
+CLOCK = UpdateClock()
+MAX_NORM = 1.0  # gradient clipping: `gradient_clip_val` in our configs, `max_grad_norm` in the HF Trainer's defaults
 
 
 def ours_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, lean: bool, key: str) -> Callable:
-    """One XE training step of our model: as it trains (fixed shapes), or `lean`, the head at real positions only."""
+    """One XE training step of our model: as it trains (fixed shapes), or `lean`, the head at real positions only.
+    The update as our module runs it: the non-finite guard's check, clipping with its norm, fused AdamW."""
+    guard = NonFiniteGuard(limit=20)
+
+    def update() -> None:
+        guard.check(optimizer)
+        guard.clip(optimizer, MAX_NORM)
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         memory, packing, targets = model.encode(batch["images"]), PackedRows.of(batch), batch["targets"]
@@ -129,8 +141,9 @@ def ours_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, lean: bo
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, label_smoothing=0.1
             )
+        guard.observe_loss(loss)
         loss.backward()
-        CLOCK.step(key, optimizer)
+        CLOCK.step(key, optimizer, update)
 
     return step
 
@@ -190,7 +203,7 @@ def hf_step(model, optimizer: torch.optim.Optimizer, captions: int, encode_once:
             pixels = images.repeat_interleave(captions, dim=0)  # (B*K, 3, H, W): one copy per caption
             output = model(pixel_values=pixels, decoder_input_ids=inputs, decoder_attention_mask=mask, labels=labels)
         output.loss.backward()
-        CLOCK.step(key, optimizer)
+        CLOCK.step(key, optimizer, lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM))
 
     return step
 
@@ -228,10 +241,10 @@ def matmul_peak(device: str, n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> dict[str, float]:
-    """Best seconds per step of each method, and the optimizer's seconds in that best round; rounds run every method
-    in turn, so that all of them meet the same machine load."""
+    """Best seconds per step of each method, and the update's seconds in that best round; rounds run every method in
+    turn, so that all of them meet the same machine load."""
     best = dict.fromkeys(steps, float("inf"))
-    optimizer_seconds = dict.fromkeys(steps, 0.0)
+    update_seconds = dict.fromkeys(steps, 0.0)
     cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
     for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
         step(batches[0])
@@ -246,8 +259,8 @@ def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace)
             seconds = (time.perf_counter() - started) / args.steps
             cpu[key] = min(cpu[key], (time.process_time() - cpu_started) / args.steps)
             if seconds < best[key]:
-                best[key], optimizer_seconds[key] = seconds, CLOCK.seconds[key] / args.steps
-    return best, optimizer_seconds, cpu
+                best[key], update_seconds[key] = seconds, CLOCK.seconds[key] / args.steps
+    return best, update_seconds, cpu
 
 
 def main() -> None:
@@ -299,14 +312,14 @@ def main() -> None:
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in params.items()))
     flops = {key: step_flops(step, batches[0]) for key, step in steps.items()}
     peak = matmul_peak(args.device)
-    seconds, optimizer_seconds, cpu = measure(steps, batches, args)
+    seconds, update_seconds, cpu = measure(steps, batches, args)
     peak = max(peak, matmul_peak(args.device))  # before and after: the machine's load may change in between
     print(f"fp32 matmul peak (2048^3): {peak:.0f} GFLOP/s")
     for key, step_seconds in seconds.items():
         rate = flops[key] / step_seconds / 1e9
         print(
             f"{names[key]:<66s} {B / step_seconds:6.2f} images/s  {flops[key] / 1e9:6.0f} GFLOP/step  "
-            f"{rate:5.0f} GFLOP/s ({rate / peak:.0%} of peak)  optimizer {optimizer_seconds[key]:.2f} s of the step"
+            f"{rate:5.0f} GFLOP/s ({rate / peak:.0%} of peak)  update {update_seconds[key]:.2f} s of the step"
         )
     speed = {key: B / s for key, s in seconds.items()}
     threads = torch.get_num_threads()
@@ -318,18 +331,18 @@ def main() -> None:
     print(f"ratio (a)/(b) = {speed['a'] / speed['b']:.2f}x   (fixed shapes against the head at real positions)")
     if "c" in speed:
         print(f"ratio (a)/(c) = {speed['a'] / speed['c']:.2f}x   (a)/(d) = {speed['a'] / speed['d']:.2f}x")
-        model_only = {key: s - optimizer_seconds[key] for key, s in seconds.items()}  # forward and backward only
+        model_only = {key: s - update_seconds[key] for key, s in seconds.items()}  # forward and backward only
         print(
-            f"without the optimizer step: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
+            f"without the update: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
             f"(a)/(d) = {model_only['d'] / model_only['a']:.2f}x   (a)/(b) = {model_only['b'] / model_only['a']:.2f}x"
         )
     if encoders:
         encoder_seconds = measure(encoders, batches, args)[0]
-        rest = {key: seconds[key] - encoder_seconds[key] for key in encoders}  # decoder, loss and optimizer
+        rest = {key: seconds[key] - encoder_seconds[key] for key in encoders}  # decoder, loss and update
         print(
             f"the encoder alone (forward and backward): ours (timm) {encoder_seconds['a']:.2f} s, HF (ViTModel) "
             f"{encoder_seconds['d']:.2f} s, {encoder_seconds['a'] / seconds['a']:.0%} of (a)'s step\n"
-            f"the rest of the step (decoder, loss, optimizer): (a) {rest['a']:.2f} s, (d) {rest['d']:.2f} s, "
+            f"the rest of the step (decoder, loss, update): (a) {rest['a']:.2f} s, (d) {rest['d']:.2f} s, "
             f"(a)/(d) = {rest['d'] / rest['a']:.2f}x"
         )
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_warn
 
 from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries
@@ -445,10 +446,32 @@ class CaptioningModule(LightningModule):
         super().backward(loss, *args, **kwargs)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Lightning calls it after mixed precision unscales the gradients and before it clips them. A fused optimizer
-        skips a non-finite step on the device; the guard's counters are read at logging steps (`_report_nonfinite`)."""
+        """Lightning calls it after mixed precision unscales the gradients and before it clips them (with the norm the
+        guard takes here: `configure_gradient_clipping`). A fused optimizer skips a non-finite step on the device; the
+        guard's counters are read at logging steps (`_report_nonfinite`)."""
         if self.nonfinite.check(optimizer, self._on_any_process):  # only an unfused optimizer gets a verdict here
             self._report_nonfinite()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clipping by norm reuses the norm that the guard took of the same gradients just before (one pass over them
+        instead of two), wherever Lightning would clip with torch's `clip_grad_norm_` over every parameter."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and self._clips_whole_gradients(optimizer):
+            self.nonfinite.clip(optimizer, gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _clips_whole_gradients(self, optimizer) -> bool:
+        """Whether Lightning's clipping by norm is torch's `clip_grad_norm_` over every parameter's unscaled gradient:
+        the plain, half and mixed precision plugins, but not FSDP's sharded gradients, nor DeepSpeed's own clipping, nor
+        a GradScaler that leaves the unscaling to a fused optimizer's step (Lightning refuses to clip that)."""
+        plugin = type(self.trainer.precision_plugin)
+        plain = (
+            plugin.clip_grad_by_norm is Precision.clip_grad_by_norm
+            and plugin.main_params is Precision.main_params
+            and plugin.clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
+        )
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return plain and (scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False))
 
     def _report_nonfinite(self) -> None:
         """Logs and warns about the steps skipped since the last report, and stops a run that hit the limit."""

@@ -1,9 +1,12 @@
 """The non-finite guard: an optimizer step whose loss or gradient is NaN or inf on any process is skipped (no weight
 update), and the run stops after `limit` such steps in a row, with the last good weights and checkpoints kept.
 
-The verdict stays on the device: one fused reduction over every gradient (`torch._foreach_norm`, max norm, so a large
-finite gradient never overflows into a false alarm), all-reduced with max, and handed to a fused optimizer as its
-`found_inf` flag, the way `torch.amp.GradScaler` skips a step. Its counters live on the device too and are read only
+The verdict stays on the device: the L2 norm of all gradients together (one fused `torch._foreach_norm`, as torch's
+`clip_grad_norm_` takes it), non-finite when any gradient or loss is, all-reduced with max, and handed to a fused
+optimizer as its `found_inf` flag, the way `torch.amp.GradScaler` skips a step. Clipping by norm then reuses that norm
+(`clip`) instead of reading every gradient again. A gradient so large that its sum of squares overflows float32 (values
+near 1e19) counts as non-finite: clipping by norm could not scale it (torch's own clip zeroes it), nor could Adam take
+it for long (its second moment overflows at about 6e20). Its counters live on the device too and are read only
 when someone asks (logging steps, checkpoints, the end of an epoch). An optimizer without a fused kernel cannot skip on
 the device: for it the verdict is read on the host at every step, as before.
 """
@@ -30,6 +33,7 @@ class NonFiniteGuard:
         # () float counters, moved to the device at the first step: skipped in this run, in a row now, longest run
         self._skipped, self._streak, self._longest = torch.zeros(()), torch.zeros(()), torch.zeros(())
         self._reported = 0  # skipped steps already reported (`newly_skipped`)
+        self._grad_norm: torch.Tensor | None = None  # this step's, from `check` until `clip` uses it
 
     # ------------------------------------------------------------------------------------------ counters
     @property
@@ -81,9 +85,9 @@ class NonFiniteGuard:
         Raises:
             TrainingDiverged: on the host path, after `limit` skipped steps in a row.
         """
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         with torch.no_grad():
-            found = _any_non_finite(grads + self._losses)  # () float: 1.0 for a NaN or inf anywhere
+            self._grad_norm = gradient_norm(_gradients(optimizer))
+            found = sum(self._losses, self._grad_norm).mul(0).nan_to_num(1.0)  # () float: 1.0 for a NaN or inf anywhere
             self._losses = []
             if any_process is not None:
                 found = any_process(found)
@@ -101,6 +105,14 @@ class NonFiniteGuard:
         optimizer.zero_grad(set_to_none=True)
         return True
 
+    def clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+        """Scales the gradients to an L2 norm of at most `max_norm`, as `torch.nn.utils.clip_grad_norm_` does, with the
+        norm that `check` took of the same gradients in this step (taken now if `check` did not run)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = self._grad_norm if self._grad_norm is not None else gradient_norm(_gradients(optimizer))
+        self._grad_norm = None
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
     def check_limit(self, step: int) -> None:
         """Raises when a run of skipped steps reached the limit (reads the device)."""
         if int(self._longest) >= self.limit:
@@ -116,13 +128,15 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return all(group.get("fused") for group in optimizer.param_groups)
 
 
-def _any_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """1.0 if any element of `tensors` is NaN or inf, else 0.0: a () float tensor, computed without a host read.
-
-    The largest magnitude of each tensor (one fused kernel for all), then of all: NaN and inf carry through a max, and
-    unlike a sum of squares a max of finite values never overflows. Times 0 that is 0 when finite and NaN otherwise.
-    """
-    if not tensors:
+def gradient_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `grads` together, () float32, computed as `torch.nn.utils.get_total_norm` does (one fused
+    kernel for the norm of each, then the norm of those), but in float32 for half-precision gradients too (a float16
+    norm would overflow at 65504), and float64 if there are float64 gradients."""
+    if not grads:
         return torch.zeros(())
-    worst = torch.stack(torch._foreach_norm(tensors, float("inf"))).amax()  # () float
-    return worst.mul(0).nan_to_num(1.0)
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0, dtype=dtype)))
+
+
+def _gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

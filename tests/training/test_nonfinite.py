@@ -1,5 +1,6 @@
 """The non-finite guard on the device: a fused optimizer skips a NaN or inf step without a host read, a large finite
-gradient is no false alarm, the counters survive a checkpoint, and an unfused optimizer still gets a host verdict."""
+gradient is no false alarm, the counters survive a checkpoint, an unfused optimizer still gets a host verdict, and
+clipping by norm reuses the guard's norm with the same result as torch's `clip_grad_norm_`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from captioning.errors import TrainingDiverged
 from captioning.training.nonfinite import NonFiniteGuard
@@ -58,13 +60,60 @@ def test_an_inf_loss_alone_is_enough_to_skip_the_step(one_thread):
     assert guard.skipped == 1
 
 
-def test_a_large_finite_gradient_is_no_false_alarm(one_thread):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_large_finite_gradient_is_no_false_alarm(dtype, one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    model.to(dtype)  # the same parameters, as a half-precision run holds them
+    for p in model.parameters():  # 1e4: a float16 norm of these would overflow at 65504; the guard's is float32
+        p.grad = torch.full_like(p, 1e4 if dtype == torch.float16 else 1e17)
+    guard.check(optimizer)
+    assert guard.skipped == 0
+
+
+def test_a_gradient_whose_squares_overflow_float32_is_skipped_as_clipping_could_not_scale_it(one_thread):
     model, optimizer = _model_and_optimizer()
     guard = NonFiniteGuard(limit=3)
     for p in model.parameters():
-        p.grad = torch.full_like(p, 1e30)  # its sum of squares overflows float32; its largest value does not
+        p.grad = torch.full_like(p, 1e30)
+    reference = [_as_parameter(p.grad.clone()) for p in model.parameters()]
+    torch.nn.utils.clip_grad_norm_(reference, 1.0)  # torch's clip: a norm of inf, gradients scaled to 0
+    assert all(not r.grad.any() for r in reference)
     guard.check(optimizer)
-    assert guard.skipped == 0
+    assert guard.skipped == 1
+
+
+def test_clipping_reuses_the_guards_norm_and_matches_torch_bit_for_bit(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    model(torch.randn(4, 8) * 100).square().mean().backward()  # a gradient norm far above 1
+    expected = [p.grad.clone() for p in model.parameters()]
+    torch.nn.utils.clip_grad_norm_([_as_parameter(g) for g in expected], 1.0)
+    guard.check(optimizer)
+    with _OpNames() as ops:
+        guard.clip(optimizer, 1.0)
+    assert "_foreach_mul_" in ops.names and "_foreach_norm" not in ops.names  # the norm is `check`'s
+    assert all(torch.equal(p.grad, e) for p, e in zip(model.parameters(), expected, strict=True))
+    assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])) < 1.0 + 1e-5
+
+
+class _OpNames(TorchDispatchMode):
+    """The names of the aten calls made inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _as_parameter(grad: torch.Tensor) -> torch.Tensor:
+    """A stand-in parameter whose .grad is `grad` (clipped in place by torch's clip)."""
+    param = torch.zeros_like(grad, requires_grad=True)
+    param.grad = grad
+    return param
 
 
 def test_the_run_in_a_row_survives_a_checkpoint_and_stops_the_resumed_run_at_the_limit(one_thread):
