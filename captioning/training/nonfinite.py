@@ -4,9 +4,9 @@ update), and the run stops after `limit` such steps in a row, with the last good
 The verdict stays on the device: the L2 norm of all gradients together (one fused `torch._foreach_norm`, as torch's
 `clip_grad_norm_` takes it), non-finite when any gradient or loss is, all-reduced with max, and handed to a fused
 optimizer as its `found_inf` flag, the way `torch.amp.GradScaler` skips a step. Clipping by norm then reuses that norm
-(`clip`) instead of reading every gradient again. A gradient so large that its sum of squares overflows float32 (values
-near 1e19) counts as non-finite: clipping by norm could not scale it (torch's own clip zeroes it), nor could Adam take
-it for long (its second moment overflows at about 6e20). Its counters live on the device too and are read only
+(`clip`) instead of reading every gradient again. Gradients so large that their sum of squares overflows float32 (one
+value above 1.8e19, or a million above 1.8e16) count as non-finite: clipping by norm could not scale them (torch's own
+clip zeroes them). Its counters live on the device too and are read only
 when someone asks (logging steps, checkpoints, the end of an epoch). An optimizer without a fused kernel cannot skip on
 the device: for it the verdict is read on the host at every step, as before.
 """
