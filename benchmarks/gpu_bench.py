@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.step_audit import OpCounter  # noqa: E402
 from captioning.data.transforms import build_transform, load_image  # noqa: E402
 from captioning.model import CaptioningModel, ModelConfig  # noqa: E402
+from captioning.text.packing import PackedRows, pack_captions  # noqa: E402
+from captioning.training.nonfinite import NonFiniteGuard  # noqa: E402
 from captioning.training.optim import use_fused_kernel  # noqa: E402
 
 BOS, EOS, PAD = 1, 2, 0
@@ -83,9 +85,9 @@ def build_model(args: argparse.Namespace) -> CaptioningModel:
     return CaptioningModel(config).to(args.device).train()
 
 
-def random_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """8-bit images (B, 3, 224, 224), as the loader hands them over, and tokens (B*K, T+1) with COCO-like caption
-    lengths (8 to 16 words), padded to the longest."""
+def random_batch(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """8-bit images (B, 3, 224, 224), as the loader hands them over, and captions of COCO-like lengths (8 to 16
+    words) packed as the training collate packs them: each image's K captions back to back in one row."""
     generator = torch.Generator().manual_seed(0)
     rows = args.batch_size * args.captions
     lengths = torch.randint(8, 17, (rows,), generator=generator)
@@ -95,18 +97,26 @@ def random_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     tokens[positions[None] == lengths[:, None] + 1] = EOS
     tokens[positions[None] > lengths[:, None] + 1] = PAD
     images = torch.randint(0, 256, (args.batch_size, 3, 224, 224), generator=generator, dtype=torch.uint8)
-    return images.to(args.device), tokens.to(args.device)
+    packed = pack_captions(tokens, args.captions, PAD)  # "inputs", "targets", "positions", "segments"
+    return images.to(args.device), {key: value.to(args.device) for key, value in packed.items()}
 
 
 def train_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, device: str):
-    """The XE step of captioning.training.module in bf16 autocast: fixed shapes, padding left out by ignore_index."""
+    """The XE step as captioning.training.module runs it under configs/coco.yaml, in bf16 autocast: packed captions,
+    fixed shapes (padding left out by ignore_index), the non-finite guard, clipping to norm 1.0 with the guard's
+    norm, fused AdamW."""
+    guard = NonFiniteGuard(limit=20)
 
-    def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
-        targets = tokens[:, 1:]
+    def step(images: torch.Tensor, captions: dict[str, torch.Tensor]) -> None:
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
-            logits = model(images, tokens[:, :-1])  # (B*K, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, label_smoothing=0.1)
+            memory = model.encode(images)
+            logits = model.decoder(captions["inputs"], memory, packing=PackedRows.of(captions))  # (B, T, V)
+        targets = captions["targets"].flatten()
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=PAD, label_smoothing=0.1)
+        guard.observe_loss(loss)
         loss.backward()
+        guard.check(optimizer)
+        guard.clip(optimizer, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: no data-sheet peak for '{name}': pass --peak-tflops for MFU")
     print(
         f"{name}, torch {torch.__version__}, {args.encoder} at 224 px + 6x512 decoder, batch {args.batch_size} x "
-        f"{args.captions} captions, bf16 autocast, fused AdamW, {args.steps} steps; bf16 matmul measured "
+        f"{args.captions} captions, packed, bf16 autocast, guard and clipping, fused AdamW, {args.steps} steps; bf16 matmul measured "
         f"{measured_peak:.1f} TFLOP/s" + (f", data sheet {peak:.0f}" if peak else "")
     )
     batch = random_batch(args)
