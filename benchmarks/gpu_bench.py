@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: no data-sheet peak for '{name}': pass --peak-tflops for MFU")
     print(
         f"{name}, torch {torch.__version__}, {args.encoder} at 224 px + 6x512 decoder, batch {args.batch_size} x "
-        f"{args.captions} captions, packed, bf16 autocast, guard and clipping, fused AdamW, {args.steps} steps; bf16 matmul measured "
-        f"{measured_peak:.1f} TFLOP/s" + (f", data sheet {peak:.0f}" if peak else "")
+        f"{args.captions} captions, packed, bf16 autocast, guard and clipping, fused AdamW, {args.steps} steps; "
+        f"bf16 matmul measured {measured_peak:.1f} TFLOP/s" + (f", data sheet {peak:.0f}" if peak else "")
     )
     batch = random_batch(args)
     for compiled in {"both": (False, True), "on": (True,), "off": (False,)}[args.compile]:
