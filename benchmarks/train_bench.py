@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.text.packing import PackedRows, pack_captions
-from captioning.training.nonfinite import NonFiniteGuard
+from captioning.training.nonfinite import NonFiniteGuard, gradient_norm
 from captioning.training.optim import use_fused_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +218,33 @@ def encoder_pass(encode: Callable, model: torch.nn.Module) -> Callable:
     return step
 
 
+def guard_and_clipping(model: torch.nn.Module, repeats: int = 10) -> str:
+    """Best milliseconds of the guard and clipping over gradients of `model`'s shapes: one L2 norm that both use (as
+    now), against the largest magnitude for the guard and torch's `clip_grad_norm_` for clipping (as before)."""
+    params = [torch.nn.Parameter(torch.empty_like(p)) for p in model.parameters()]
+    for param in params:
+        param.grad = torch.randn_like(param) * 1e-3
+
+    def best(work: Callable[[], object]) -> float:
+        seconds = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            seconds = min(seconds, time.perf_counter() - started)
+        return seconds * 1e3
+
+    grads = [p.grad for p in params]
+    norm = best(lambda: gradient_norm(grads))
+    scale = best(lambda: torch.nn.utils.clip_grads_with_norm_(params, 1e9, torch.tensor(1.0)))  # scaling by 1
+    largest = best(lambda: torch.stack(torch._foreach_norm(grads, float("inf"))).amax())
+    clip = best(lambda: torch.nn.utils.clip_grad_norm_(params, 1e9))
+    return (
+        f"guard and clipping over {len(params)} gradients: one L2 norm {norm:.0f} ms + scaling {scale:.0f} ms = "
+        f"{norm + scale:.0f} ms, against the largest magnitude {largest:.0f} ms + clip_grad_norm_ {clip:.0f} ms = "
+        f"{largest + clip:.0f} ms ({(largest + clip) / (norm + scale):.1f}x)"
+    )
+
+
 def step_flops(step: Callable, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one step's forward and backward (the optimizer's elementwise update is not counted)."""
     counter = FlopCounterMode(display=False)
@@ -336,6 +363,7 @@ def main() -> None:
             f"without the update: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
             f"(a)/(d) = {model_only['d'] / model_only['a']:.2f}x   (a)/(b) = {model_only['b'] / model_only['a']:.2f}x"
         )
+    print(guard_and_clipping(plain))
     if encoders:
         encoder_seconds = measure(encoders, batches, args)[0]
         rest = {key: seconds[key] - encoder_seconds[key] for key in encoders}  # decoder, loss and update
