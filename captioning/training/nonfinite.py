@@ -4,11 +4,11 @@ update), and the run stops after `limit` such steps in a row, with the last good
 The verdict stays on the device: the L2 norm of all gradients together (one fused `torch._foreach_norm`, as torch's
 `clip_grad_norm_` takes it), non-finite when any gradient or loss is, all-reduced with max, and handed to a fused
 optimizer as its `found_inf` flag, the way `torch.amp.GradScaler` skips a step. Clipping by norm then reuses that norm
-(`clip`) instead of reading every gradient again. Gradients so large that their sum of squares overflows float32 (one
-value above 1.8e19, or a million above 1.8e16) count as non-finite: clipping by norm could not scale them (torch's own
-clip zeroes them). Its counters live on the device too and are read only
-when someone asks (logging steps, checkpoints, the end of an epoch). An optimizer without a fused kernel cannot skip on
-the device: for it the verdict is read on the host at every step, as before.
+(`clip`) instead of reading every gradient again, and hands a fused optimizer its factor as `grad_scale`. Gradients so
+large that their sum of squares overflows float32 (one value above 1.8e19, or a million above 1.8e16) count as
+non-finite: clipping by norm could not scale them (torch's own clip zeroes them). The guard's counters live on the
+device too and are read only when someone asks (logging steps, checkpoints, the end of an epoch). An optimizer without a
+fused kernel cannot skip on the device: for it the verdict is read on the host at every step, as before.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class NonFiniteGuard:
             self._longest = torch.maximum(self._longest, self._streak)
         if skips_on_device(optimizer):
             optimizer.found_inf = found  # read by the fused kernel, as GradScaler hands it over
+            optimizer.grad_scale = None  # no scaling unless `clip` runs in this step
             return None
         if not found.item():
             return False
@@ -107,11 +108,18 @@ class NonFiniteGuard:
 
     def clip(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
         """Scales the gradients to an L2 norm of at most `max_norm`, as `torch.nn.utils.clip_grad_norm_` does, with the
-        norm that `check` took of the same gradients in this step (taken now if `check` did not run)."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm that `check` took of the same gradients in this step (taken now if `check` did not run).
+
+        A fused optimizer takes the factor as its `grad_scale`, the way GradScaler hands it over: its update divides
+        each gradient by max(1, norm / max_norm) as it reads it, so clipping costs no pass over the gradients of its
+        own (the gradients themselves are left as they are). Other optimizers get torch's in-place scaling."""
         norm = self._grad_norm if self._grad_norm is not None else gradient_norm(_gradients(optimizer))
         self._grad_norm = None
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        if skips_on_device(optimizer):
+            optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0).float()  # torch's clip's epsilon
+        else:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
     def check_limit(self, step: int) -> None:
         """Raises when a run of skipped steps reached the limit (reads the device)."""

@@ -1,5 +1,6 @@
-"""Clipping by norm in a Lightning fit: the module clips with the norm its non-finite guard already took, and trains
-exactly the weights that Lightning's own clipping (torch's `clip_grad_norm_`) gives."""
+"""Clipping by norm in a Lightning fit: the module clips with the norm its non-finite guard already took (fused AdamW
+takes the factor in its update), and trains the weights that Lightning's own clipping (torch's `clip_grad_norm_`)
+gives, to rounding."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_the_module_clips_with_the_guards_norm_and_trains_what_lightnings_clippi
     monkeypatch.setattr(CaptioningModule, "_clips_whole_gradients", lambda self, optimizer: False)
     lightning = _fit(shapes_root, clip=0.1)  # Lightning's own path: torch's clip_grad_norm_
     assert len(clips) == 6
-    assert all(torch.equal(shared[name], lightning[name]) for name in shared)
+    for name in shared:  # fused AdamW divides by the factor where torch's clip multiplies: an ulp apart per step
+        torch.testing.assert_close(shared[name], lightning[name], rtol=1e-4, atol=1e-5)
 
-    unclipped = _fit(shapes_root, clip=None)  # clipping did act: without it the weights differ
-    assert any(not torch.equal(shared[name], unclipped[name]) for name in shared)
+    unclipped = _fit(shapes_root, clip=None)  # clipping did act: without it the weights differ far more
+    assert any(not torch.allclose(shared[name], unclipped[name], rtol=1e-2, atol=1e-4) for name in shared)

@@ -22,11 +22,12 @@ def _model_and_optimizer(fused: bool = True) -> tuple[torch.nn.Module, torch.opt
 
 
 def _step(model, optimizer, guard: NonFiniteGuard, inputs: torch.Tensor) -> torch.Tensor:
-    """One training step as Lightning runs it: loss, backward, the guard, the optimizer step."""
+    """One training step as Lightning runs it: loss, backward, the guard, clipping, the optimizer step."""
     loss = model(inputs).square().mean()
     guard.observe_loss(loss)
     loss.backward()
     guard.check(optimizer)
+    guard.clip(optimizer, 1.0)
     optimizer.step()
     optimizer.zero_grad()
     return loss
@@ -84,7 +85,7 @@ def test_a_gradient_whose_squares_overflow_float32_is_skipped_as_clipping_could_
 
 
 def test_clipping_reuses_the_guards_norm_and_matches_torch_bit_for_bit(one_thread):
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = _model_and_optimizer(fused=False)
     guard = NonFiniteGuard(limit=3)
     model(torch.randn(4, 8) * 100).square().mean().backward()  # a gradient norm far above 1
     expected = [p.grad.clone() for p in model.parameters()]
@@ -95,6 +96,31 @@ def test_clipping_reuses_the_guards_norm_and_matches_torch_bit_for_bit(one_threa
     assert "_foreach_mul_" in ops.names and "_foreach_norm" not in ops.names  # the norm is `check`'s
     assert all(torch.equal(p.grad, e) for p, e in zip(model.parameters(), expected, strict=True))
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])) < 1.0 + 1e-5
+
+
+def test_a_fused_optimizer_takes_the_clipping_factor_in_its_update_without_a_pass_over_the_gradients(one_thread):
+    model, optimizer = _model_and_optimizer()
+    reference = copy.deepcopy(model)  # clipped by torch, then the same fused AdamW
+    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+    guard = NonFiniteGuard(limit=3)
+    inputs = torch.randn(4, 8) * 100  # a gradient norm far above 1
+    for _ in range(3):
+        reference(inputs).square().mean().backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+        model(inputs).square().mean().backward()
+        guard.check(optimizer)
+        grads = [p.grad.clone() for p in model.parameters()]
+        with _OpNames() as ops:
+            guard.clip(optimizer, 1.0)
+        assert not any(name.startswith("_foreach") for name in ops.names)  # a few scalar ops, whatever the model
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))  # left as they are
+        assert optimizer.grad_scale > 10  # the clipping acts: the update divides the gradients by it
+        optimizer.step()
+        optimizer.zero_grad()
+    for p, r in zip(model.parameters(), reference.parameters(), strict=True):  # divided, not multiplied: 1 ulp apart
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
 
 
 class _OpNames(TorchDispatchMode):
