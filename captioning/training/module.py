@@ -453,8 +453,9 @@ class CaptioningModule(LightningModule):
             self._report_nonfinite()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clipping by norm reuses the norm that the guard took of the same gradients just before (one pass over them
-        instead of two), wherever Lightning would clip with torch's `clip_grad_norm_` over every parameter."""
+        """Clipping by norm reuses the norm that the guard took of the same gradients just before, and a fused
+        optimizer applies the factor in its update (see `NonFiniteGuard.clip`): one pass over the gradients instead
+        of three, wherever Lightning would clip with torch's `clip_grad_norm_` over every parameter."""
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and self._clips_whole_gradients(optimizer):
             self.nonfinite.clip(optimizer, gradient_clip_val)
         else:
@@ -464,13 +465,14 @@ class CaptioningModule(LightningModule):
         """Whether Lightning's clipping by norm is torch's `clip_grad_norm_` over every parameter's unscaled gradient:
         the plain, half and mixed precision plugins, but not FSDP's sharded gradients, nor DeepSpeed's own clipping, nor
         a GradScaler that leaves the unscaling to a fused optimizer's step (Lightning refuses to clip that)."""
-        plugin = type(self.trainer.precision_plugin)
+        plugin = self.trainer.precision_plugin
+        kind = type(plugin)
         plain = (
-            plugin.clip_grad_by_norm is Precision.clip_grad_by_norm
-            and plugin.main_params is Precision.main_params
-            and plugin.clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
+            kind.clip_grad_by_norm is Precision.clip_grad_by_norm
+            and kind.main_params is Precision.main_params
+            and kind.clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
         )
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = getattr(plugin, "scaler", None)
         return plain and (scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False))
 
     def _report_nonfinite(self) -> None:

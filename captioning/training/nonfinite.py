@@ -137,9 +137,9 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def gradient_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all `grads` together, () float32, computed as `torch.nn.utils.get_total_norm` does (one fused
+    """The L2 norm of all `grads` together, a () tensor, computed as `torch.nn.utils.get_total_norm` does (one fused
     kernel for the norm of each, then the norm of those), but in float32 for half-precision gradients too (a float16
-    norm would overflow at 65504), and float64 if there are float64 gradients."""
+    norm would overflow at 65504), and in float64 if there are float64 gradients."""
     if not grads:
         return torch.zeros(())
     dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
