@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from copy import deepcopy
 
+import pytest
 import torch
 
 from captioning.model import CaptioningModel, ModelConfig
@@ -13,8 +14,9 @@ from tests.conftest import TINY_MODEL
 from tests.training.audit import step_audit
 
 
-def test_the_compiled_passes_never_break_the_graph_and_recompile_at_most_twice_over_widths_8_to_30(one_thread):
-    config = {"model": {**TINY_MODEL, "dropout": 0.1}, "data": {"captions_per_image": 5}}
+@pytest.mark.parametrize("encoder", ["test_convnext", "test_resnet"])  # LayerNorm and BatchNorm trunks
+def test_the_compiled_passes_never_break_the_graph_and_recompile_at_most_twice_over_widths_8_to_30(encoder, one_thread):
+    config = {"model": {**TINY_MODEL, "encoder": encoder, "dropout": 0.1}, "data": {"captions_per_image": 5}}
     result = step_audit.compile_audit(config, range(8, 31), scst_samples=3)
     assert result["graph_breaks"] == 0, result["graph_break_reasons"]
     assert result["xe_recompiles"] <= 2 and result["scst_recompiles"] <= 2  # one, when the width first changes
