@@ -92,3 +92,13 @@ def test_help_lists_every_command_and_the_light_ones_start_without_lightning():
         assert result.stderr.strip().splitlines()[-1] == "light", (args, result.stderr[-2000:])
     unknown = run_cli("trian")
     assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
+
+
+def test_a_refused_resume_leaves_the_run_it_pointed_at_as_it_was(resumed, shapes_root):
+    version = resumed["version"]
+    config = (version / "config.yaml").read_text()
+    assert "max_epochs: 2" in config  # the resumed fit's, written once its training started
+    last = version / "checkpoints" / "last.ckpt"
+    refused = run_cli(*tiny_args("fit", shapes_root, resumed["runs"], f"--ckpt_path={last}", "--trainer.max_epochs=0"))
+    assert refused.returncode != 0 and "max_epochs=0" in refused.stderr  # Lightning: the checkpoint is past epoch 0
+    assert (version / "config.yaml").read_text() == config

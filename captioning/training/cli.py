@@ -28,7 +28,7 @@ from captioning.training import quiet
 from captioning.training.best_checkpoint import BestCheckpoint
 from captioning.training.module import CaptioningModule
 from captioning.training.progress import LineProgress
-from captioning.training.run_folder import ContinueCurves, RunLogger, run_of_checkpoint
+from captioning.training.run_folder import ContinueCurves, RunConfig, RunLogger, run_of_checkpoint
 
 
 class CaptioningCLI(LightningCLI):
@@ -37,6 +37,7 @@ class CaptioningCLI(LightningCLI):
             CaptioningModule,
             CaptionDataModule,
             args=args,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # one-line errors; no prefix matching
             trainer_defaults={

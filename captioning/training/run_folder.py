@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch import Callback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -88,3 +89,17 @@ class ContinueCurves(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, RunLogger) and trainer.is_global_zero:
                 logger.drop_after(trainer.global_step)
+
+
+class RunConfig(SaveConfigCallback):
+    """The run's `config.yaml`. A fit from a checkpoint writes it only when training starts, once Lightning and the
+    sampler have accepted the checkpoint: a refused resume (other training data, `max_epochs` already reached) leaves
+    the record of the run it pointed at as it was."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.config.get("ckpt_path"):
+            return  # see on_train_start
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")  # nothing when already saved
