@@ -4,16 +4,23 @@ The shapes configs keep the checkpoint with the best `val/position_accuracy` (ev
 true): CIDEr-D peaks epochs before the model learns which way round two shapes stand. Only the built-in shapes log
 that check, and people run the same configs on their own folders (`--data.dataset folder`), so a monitored metric that
 the data does not log falls back to `val/CIDEr`, with one warning, instead of stopping the run.
+
+Until the score first moves, an equal score replaces best.ckpt: a score that never moves says nothing of the epochs
+(CIDEr-D over a single validation image is always 0, and an undertrained model's often is), and best.ckpt, which the
+test after fit scores, would otherwise stay the first, least trained one. Once it has moved, Lightning's rule holds:
+only a better score replaces it.
 """
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose `monitor`, when the run does not log it, reads `fallback` instead.
+    """`ModelCheckpoint` whose `monitor`, when the run does not log it, reads `fallback` instead, and whose best
+    checkpoint follows equal scores until the score first rises (see the module's docstring).
 
     Args:
         fallback: the metric to choose by when `monitor` is not logged (None: Lightning's error instead).
@@ -23,6 +30,8 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.fallback = fallback
         self._warned = False
+        self._score_moved = False  # a validation scored better than the first
+        self._scored = 0  # validations scored by this process
 
     def _monitor_candidates(self, trainer) -> dict:
         candidates = super()._monitor_candidates(trainer)
@@ -36,3 +45,28 @@ class BestCheckpoint(ModelCheckpoint):
                 self._warned = True
             candidates[self.monitor] = candidates[self.fallback]
         return candidates
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        better = super().check_monitor_top_k(trainer, current)  # the first score, or a better one
+        self._scored += current is not None
+        if better and self.best_k_models:
+            self._score_moved = True
+        if better or current is None or self._score_moved or self.save_top_k != 1 or not self.best_k_models:
+            return better
+        tied = bool(torch.eq(current, self.best_k_models[self.kth_best_model_path]))
+        return trainer.strategy.reduce_boolean_decision(tied)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        super().on_fit_end(trainer, pl_module)
+        if self.best_k_models and not self._score_moved and self._scored > 1:
+            rank_zero_warn(
+                f"'{self.monitor}' stayed at {float(self.best_model_score):.4g} in every validation, so it could not "
+                "choose a checkpoint: best.ckpt is the latest; a validation split of a few images cannot rank epochs"
+            )
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "score_moved": self._score_moved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._score_moved = state_dict.get("score_moved", True)  # older checkpoints: Lightning's rule
