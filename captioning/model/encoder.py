@@ -93,11 +93,20 @@ class ImageEncoder(nn.Module):
                     features, params = _meta_forward(self.trunk, size)
                 except Exception:  # noqa: BLE001 - any op without a meta kernel: the real pass still tells
                     params = dict(self.trunk.named_parameters())
-                    features = self.trunk.forward_features(torch.zeros(1, 3, size, size))
+                    features = self._real_pass(size)
                 self._freeze_unused(features, params)
         finally:
             self.trunk.train(was_training)
         return features.detach()
+
+    def _real_pass(self, size: int) -> Tensor:
+        """forward_features of a blank image; an image size that the trunk cannot take (e.g. a ViT's, not a multiple
+        of its patch) is the user's setting, named in a one-line error."""
+        try:
+            return self.trunk.forward_features(torch.zeros(1, 3, size, size))
+        except (AssertionError, RuntimeError, ValueError) as error:
+            name = self.trunk.pretrained_cfg.get("architecture") or type(self.trunk).__name__
+            raise UserError(f"model.image_size: {name} cannot take {size} px images ({first_line(error)})") from None
 
     def _freeze_unused(self, features: Tensor, params: dict[str, Tensor]) -> None:
         """Fixes the weights that forward_features never reaches (e.g. a ConvNeXt's head norm, kept by timm at

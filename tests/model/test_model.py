@@ -120,6 +120,12 @@ def test_an_output_stride_the_encoder_cannot_take_is_a_one_line_error(name, stri
     assert "\n" not in str(error.value)
 
 
+def test_an_image_size_the_encoder_cannot_take_is_a_one_line_error():
+    with pytest.raises(UserError, match=r"^model\.image_size: test_vit cannot take 60 px images \(.*patch") as error:
+        ImageEncoder("test_vit", image_size=60)  # not a multiple of its 16 px patches
+    assert "\n" not in str(error.value)
+
+
 def test_frozen_encoder_has_no_trainable_weights_and_stays_in_eval():
     encoder = ImageEncoder("test_convnext", freeze=True, image_size=64).train()
     assert not any(p.requires_grad for p in encoder.parameters())
