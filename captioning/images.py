@@ -17,7 +17,9 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
-Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit, stated: larger images are refused
+# Pillow's default decompression-bomb limit, stated: an image that would decode to more pixels is refused (a JPEG
+# decoded at a DCT scale counts at that scale)
+Image.MAX_IMAGE_PIXELS = 89_478_485
 ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -39,14 +41,21 @@ def load_image(
     name = name or str(path)
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice that; an image over the limit is refused outright.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns between its limit and twice that (and refuses more): the limit is checked below on the
+            # pixels that are decoded, so a 108-megapixel camera JPEG that decodes at 1/8 scale is read.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if size is not None:
                     draft(image, size)
+                pixels = image.width * image.height
+                if pixels > Image.MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{pixels} pixels to decode, more than the limit of {Image.MAX_IMAGE_PIXELS}, which guards "
+                        "against decompression bombs; a JPEG this large is read when it is resized"
+                    )
                 ImageOps.exif_transpose(image, in_place=True)  # no copy: `to_rgb` makes the one that outlives the file
                 return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise OSError(f"{name}: cannot read image ({error})") from None
 
 
