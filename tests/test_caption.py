@@ -82,9 +82,9 @@ def test_jsonl_beam_and_sampling_options(checkpoint, shapes_images):
 
 
 def test_a_caption_cut_at_the_length_limit_gets_a_warning_naming_its_image(checkpoint, shapes_images, capsys):
-    """Two words at least, in two tokens at most: no caption can end, and each image says so on stderr."""
+    """Two tokens at most: no shapes caption ends in one word, and each image says so on stderr."""
     images = sorted(map(str, shapes_images.glob("*.png")))[:3]
-    assert main(["--checkpoint", str(checkpoint), "--max-length", "2", "--min-length", "2", *images]) == 0
+    assert main(["--checkpoint", str(checkpoint), "--max-length", "2", *images]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 3
     warnings = err.splitlines()
@@ -93,6 +93,16 @@ def test_a_caption_cut_at_the_length_limit_gets_a_warning_naming_its_image(check
     assert main(["--checkpoint", str(checkpoint), "--format", "jsonl", *images]) == 0
     out, err = capsys.readouterr()
     assert err == "" and all(json.loads(line)["ended"] for line in out.splitlines())  # a trained model ends
+
+
+def test_a_minimum_length_that_leaves_no_room_for_the_end_token_is_a_one_line_error(checkpoint, shapes_images, capsys):
+    image = str(sorted(shapes_images.glob("*.png"))[0])
+    assert main(["--checkpoint", str(checkpoint), "--max-length", "5", "--min-length", "5", image]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (
+        "error: decoding field 'min_length' is 5, but at most 4 words fit before the end token (max_length 5, the end "
+        "token included)"
+    )
 
 
 def test_progress_bar_keeps_result_and_error_lines_whole(checkpoint, shapes_images, tmp_path, capsys):

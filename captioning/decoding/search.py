@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from captioning.decoding.spec import DecodeSpec, TokenIds
+from captioning.errors import UserError
 
 OnStep = Callable[[Any], None]  # sees, after each step, the tokens so far (B, t) of each image's first or best row
 NEG_INF = float("-inf")
@@ -54,6 +55,11 @@ def generate(stepper: Stepper, spec: DecodeSpec, ids: TokenIds, rng: np.random.G
     `ids` are the special tokens (a `CaptionTokenizer` will do); `rng` gives sampling's uniforms (default: seeded with
     `spec.seed`: pass one generator to successive batches to go on with its stream); `on_step` streams."""
     max_length = min(spec.max_length or stepper.max_length, stepper.max_length)
+    if spec.min_length > max_length - 1:  # the end token would never be allowed: every caption cut off mid-sentence
+        raise UserError(
+            f"decoding field 'min_length' is {spec.min_length}, but at most {max_length - 1} words fit before the end "
+            f"token (max_length {max_length}, the end token included)"
+        )
     if spec.mode == "beam" and spec.beam_size > 1:
         return beam_search(stepper, spec, ids, max_length, on_step)
     if spec.mode == "greedy" or spec.mode == "beam":
