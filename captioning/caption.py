@@ -211,7 +211,7 @@ class _Output:
     def caption(self, path: Path, caption) -> None:
         if self.format == "jsonl":
             record = {"image": str(path), "caption": caption.text, "score": round(caption.score, 4)}
-            line = json.dumps({**record, "ended": caption.ended})
+            line = json.dumps({**record, "ended": caption.ended}, ensure_ascii=False)
         else:
             line = f"{path}\t{caption.text}"
         self._write(line, sys.stdout)

@@ -39,4 +39,6 @@ def _umask() -> int:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Writes `data` as indented JSON, atomically."""
-    return write_atomic(path, lambda file: file.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
+    return write_atomic(
+        path, lambda file: file.write((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    )
