@@ -24,6 +24,11 @@ class TrainingDiverged(UserError):
     non-finite. The usual fixes are settings (a lower learning rate, fp32 or bf16 instead of fp16)."""
 
 
+class UserNotice(UserWarning):
+    """A warning about the user's data or settings (an unreadable image, a missing one, an option that cannot take
+    effect): the `captioning` command prints it as one line, `warning: ...`, without the source line it came from."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type's name when the message is empty."""
     message = str(error).strip()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 
 
 @dataclass
@@ -133,5 +133,6 @@ def report_missing(missing: int, present: int, folder: Path, annotation_file: Pa
         warnings.warn(
             f"{missing} of the {missing + present} images named by {annotation_file} are not in {folder}; "
             "training and evaluation leave them out",
+            UserNotice,
             stacklevel=3,
         )

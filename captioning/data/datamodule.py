@@ -30,7 +30,7 @@ from captioning.data.sampler import ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_checks import ShapesCaptionChecks
 from captioning.data.transforms import build_transform, data_config, load_image
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 from captioning.metrics.words import ENGLISH, check_language
 from captioning.text.packing import pack_captions
 from captioning.text.position_words import swap_left_right, swap_up_down
@@ -83,7 +83,7 @@ class CaptionDataset(Dataset):
             )
             image = self.transform(load_image(source, size=getattr(self.transform, "decode_size", None), name=name))
         except OSError as error:
-            warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
+            warnings.warn(f"skipping unreadable image: {error}", UserNotice, stacklevel=2)
             image = None
         if view & HORIZONTAL:
             image = None if image is None else image.flip(-1)  # (3, H, W): columns reversed

@@ -19,7 +19,7 @@ from pathlib import Path
 from captioning.data.coco import ImageRecord, report_missing
 from captioning.data.folder import CAPTION_FIELDS, caption_values
 from captioning.data.splits import check_split, split_keys
-from captioning.errors import UserError, first_line
+from captioning.errors import UserError, UserNotice, first_line
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png")  # the first one a file has holds its images
 SPLIT_WORDS = {
@@ -112,6 +112,7 @@ def _files_of_split(named: dict[Path, str | None], root: Path, split: str) -> li
     if unnamed:
         warnings.warn(
             f"{len(unnamed)} Parquet files under {root} name no split (e.g. {unnamed[0].name}); they are left out",
+            UserNotice,
             stacklevel=3,
         )
     chosen = [file for file, name in named.items() if name == split]

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from captioning.data.coco import read_json
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 from captioning.files import write_json
 
 SPLITS = ("train", "val", "test")
@@ -120,4 +120,4 @@ def _read_splits(file: Path) -> tuple[dict, dict[str, list[str]]]:
 def _warn_once(key: tuple, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, stacklevel=4)
+        warnings.warn(message, UserNotice, stacklevel=4)

@@ -23,7 +23,7 @@ from torchvision import transforms as T
 
 from captioning.data.coco import ImageRecord, read_json
 from captioning.data.transforms import load_image
-from captioning.errors import UserError, first_line
+from captioning.errors import UserError, UserNotice, first_line
 
 CAPTIONS_FILE = "captions.json"  # the split's references, COCO captions format
 MANIFEST_FILE = "manifest.json"  # how the split was packed: image size, count, source
@@ -51,7 +51,7 @@ class PackRecord:
             else:
                 image = load_image(record.data, size=self.size, name=f"{record.path} [{record.image_id}]")
         except OSError as error:
-            warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
+            warnings.warn(f"skipping unreadable image: {error}", UserNotice, stacklevel=2)
             return None
         resize = T.Resize((self.size, self.size), interpolation=T.InterpolationMode(self.interpolation), antialias=True)
         buffer = io.BytesIO()
@@ -107,7 +107,7 @@ class CaptionStreamingDataset(StreamingDataset):
         try:
             image = self.image_transform(decode_image(sample["image"]))
         except OSError as error:
-            warnings.warn(f"skipping unreadable image {image_id}: {error}", stacklevel=2)
+            warnings.warn(f"skipping unreadable image {image_id}: {error}", UserNotice, stacklevel=2)
             image = None
         return {"image": image, "image_id": image_id, "captions": json.loads(sample["captions"])}
 

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 from captioning.metrics.bleu import bleu_scores, bleu_statistics, max_reference_counts
 from captioning.metrics.cider import CiderDScorer, CiderIdf
 from captioning.metrics.java import Unavailable
@@ -25,7 +25,7 @@ from captioning.metrics.spice import spice_scores
 from captioning.metrics.words import ENGLISH, check_language, split_captions, split_lines
 
 
-class MetricLeftOut(UserWarning):
+class MetricLeftOut(UserNotice):
     """A metric that cannot run here (no Java, no jar): its message says why and how to enable it, in one line."""
 
 

@@ -15,7 +15,7 @@ from timm.models import group_parameters
 from torch import nn
 from torch.optim import Optimizer
 
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 from captioning.model.captioner import CaptioningModel
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam, AdamW and SGD kernels
@@ -156,6 +156,7 @@ def _layer_ids(trunk: nn.Module, names: dict[int, str]) -> dict[str, int]:
         warnings.warn(
             f"{type(trunk).__name__} has no group_matcher(), so layer_decay cannot tell its layers apart; "
             "the whole encoder trains at encoder_lr_scale",
+            UserNotice,
             stacklevel=3,
         )
         return dict.fromkeys(names.values(), 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from captioning.metrics.scorer import MetricLeftOut
+from captioning.errors import UserNotice
 
 
 class _DropAdvertisement(logging.Filter):
@@ -35,7 +35,8 @@ def silence_known_noise(resuming: bool = False) -> None:
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
-    """A metric left out is the user's news, not the code's: `warning: METEOR left out: ...`, without a source line."""
-    if issubclass(category, MetricLeftOut):
+    """A notice about the user's data or settings is their news, not the code's: `warning: METEOR left out: ...`,
+    without a source line."""
+    if issubclass(category, UserNotice):
         return f"warning: {message}\n"
     return _one_line.default(message, category, filename, lineno, line)
