@@ -93,11 +93,17 @@ class ResumableSampler(DistributedSampler):
             "shuffle": self.shuffle,
             "dataset_size": len(self.dataset),
             "samples_seen": self.consumed * self.num_replicas,
+            "finished": self.consumed >= self.num_samples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues the saved epoch at the next unseen sample, also with another number of processes: the first
-        k * R samples of a permutation are exactly the first k of each of R strided shards."""
+        k * R samples of a permutation are exactly the first k of each of R strided shards. A finished epoch is left
+        behind on any data: the resumed run starts the next one."""
+        if state.get("finished") or state["samples_seen"] >= state["dataset_size"]:
+            self.epoch, self.seed, self.shuffle = state["epoch"], state["seed"], state["shuffle"]
+            self.consumed = self.num_samples
+            return
         if state["dataset_size"] != len(self.dataset):
             raise UserError(
                 f"cannot resume mid-epoch: the training set has {len(self.dataset)} images, the checkpoint's "
@@ -124,6 +130,7 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self.sampler.consumed = min(self.sampler.consumed + self.batch_size, self.sampler.num_samples)
             yield batch
+        self.sampler.consumed = self.sampler.num_samples  # to its end, also past a last batch that was dropped
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}

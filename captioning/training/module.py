@@ -21,10 +21,10 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries
+from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries, training_data
 from captioning.data.transforms import data_config
 from captioning.decoding import DecodeSpec
-from captioning.errors import CheckpointError, TrainingDiverged, UserError
+from captioning.errors import CheckpointError, TrainingDiverged, UserError, UserNotice
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import decode
 from captioning.text.packing import PackedRows
@@ -177,6 +177,7 @@ class CaptioningModule(LightningModule):
             if not self.restore_from and hp.freeze_encoder is not None:  # a choice of this run, not of the architecture
                 values["freeze_encoder"] = hp.freeze_encoder
             self._build(ModelConfig.from_dict(values), tokenizer)
+            self._check_training_captions(self.restore_from or hp.init_from, tokenizer)
             if not self.restore_from:
                 self.model.load_state_dict(state)
             self._start_average()  # from the weights it starts from
@@ -192,6 +193,37 @@ class CaptioningModule(LightningModule):
             )
             self._build(config, datamodule.tokenizer)
             self._start_average()
+
+    def _check_training_captions(self, path: str, tokenizer: CaptionTokenizer) -> None:
+        """A fit from a checkpoint trains on the checkpoint's vocabulary: captions of another language are refused,
+        and a vocabulary that misses many of their words, or a resumed run whose training data changed, is told."""
+        datamodule = self.trainer.datamodule
+        if self.trainer.state.fn != "fit" or not hasattr(datamodule, "training_data"):
+            return
+        if datamodule.language != tokenizer.language:
+            raise UserError(
+                f"{path}: its vocabulary is for captions in '{tokenizer.language}', but the training captions are in "
+                f"'{datamodule.language}' (data.language); start from a checkpoint of their language, or from none"
+            )
+        train = datamodule.datasets.get("train")
+        captions = [c for record in getattr(train, "records", [])[:2000] for c in record.captions]
+        if captions:
+            ids = tokenizer.encode(captions, self.hparams.max_length)
+            words = ~torch.isin(ids, torch.tensor([tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id]))
+            unknown = float((ids == tokenizer.unk_id).sum() / words.sum().clamp(min=1))
+            if unknown > 0.1:
+                rank_zero_warn(
+                    f"{path}: {unknown:.0%} of the training captions' words are not in its vocabulary of "
+                    f"{tokenizer.vocab_size} tokens; they train as the unknown word",
+                    category=UserNotice,
+                )
+        before, now = training_data(path), datamodule.training_data()
+        if self.restore_from and before and before != now:
+            rank_zero_warn(
+                f"{path} was trained on {before['dataset']} ({before['images']} images); this run resumes it on "
+                f"{now['dataset']} ({now['images']} images)",
+                category=UserNotice,
+            )
 
     @property
     def eval_model(self) -> CaptioningModel:

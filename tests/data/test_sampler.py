@@ -84,6 +84,19 @@ def test_a_state_from_another_training_set_is_refused():
         ResumableDataLoader(other, ResumableSampler(other), batch_size=4).load_state_dict(state)
 
 
+@pytest.mark.parametrize("size", [SIZE, SIZE + 2])  # every batch whole, or a last one of 2
+def test_a_finished_epoch_resumes_on_another_training_set_at_the_next_epoch(size):
+    dataset = list(range(size))
+    done = ResumableDataLoader(dataset, ResumableSampler(dataset, seed=7), batch_size=4, drop_last=True)
+    done.sampler.set_epoch(3)
+    batches(done)  # the epoch to its end, its last partial batch dropped
+    other = list(range(SIZE + 5))
+    resumed = ResumableDataLoader(other, ResumableSampler(other, seed=7), batch_size=4)
+    resumed.load_state_dict(done.state_dict())
+    resumed.sampler.set_epoch(4)  # Lightning goes on with the next epoch
+    assert sorted(i for batch in batches(resumed) for i in batch) == other
+
+
 def test_lightning_keeps_the_sampler_under_ddp_and_sees_a_resumable_loader():
     data = loader(num_replicas=2, rank=0)
     trainer = Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_checkpointing=False)
