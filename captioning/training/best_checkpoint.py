@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
+from captioning.errors import UserNotice
+
 
 class BestCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` whose `monitor`, when the run does not log it, reads `fallback` instead, and whose best
@@ -40,7 +42,8 @@ class BestCheckpoint(ModelCheckpoint):
             if not self._warned:
                 rank_zero_warn(
                     f"checkpoint.monitor '{self.monitor}' is not logged for this data: the best checkpoint is the one "
-                    f"with the best '{self.fallback}'"
+                    f"with the best '{self.fallback}'",
+                    category=UserNotice,
                 )
                 self._warned = True
             candidates[self.monitor] = candidates[self.fallback]
@@ -61,7 +64,8 @@ class BestCheckpoint(ModelCheckpoint):
         if self.best_k_models and not self._score_moved and self._scored > 1:
             rank_zero_warn(
                 f"'{self.monitor}' stayed at {float(self.best_model_score):.4g} in every validation, so it could not "
-                "choose a checkpoint: best.ckpt is the latest; a validation split of a few images cannot rank epochs"
+                "choose a checkpoint: best.ckpt is the latest; a validation split of a few images cannot rank epochs",
+                category=UserNotice,
             )
 
     def state_dict(self) -> dict:

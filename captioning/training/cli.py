@@ -13,6 +13,7 @@ import importlib.util
 import re
 import shutil
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from captioning.checkpoint import load_checkpoint
 from captioning.data.datamodule import CaptionDataModule
-from captioning.errors import UserError
+from captioning.errors import UserError, UserNotice
 from captioning.training import quiet
 from captioning.training.best_checkpoint import BestCheckpoint
 from captioning.training.module import CaptioningModule
@@ -99,7 +100,22 @@ class CaptioningCLI(LightningCLI):
         architecture = {**config.to_dict(), "pretrained": False}  # its trained weights replace any pretrained ones
         del architecture["vocab_size"]  # the checkpoint's tokenizer decides it
         del architecture["freeze_encoder"]  # a choice of each run: the model takes the checkpoint's unless it is set
+        self._say_what_the_checkpoint_replaces(subcommand, path, architecture)
         self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)  # links follow
+
+    def _say_what_the_checkpoint_replaces(self, subcommand: str, path: str, architecture: dict) -> None:
+        """One warning listing the architecture settings of this run (not left at their defaults) that the
+        checkpoint's replace: a model has the shape its weights were trained in."""
+        given = self.config[subcommand].model
+        defaults = self.parser._subcommands_action._name_parser_map[subcommand].get_defaults().model
+        replaced = [
+            f"model.{key} {value} (not {given[key]})"
+            for key, value in architecture.items()
+            if key != "pretrained" and key in given and given[key] != value and given[key] != defaults.get(key)
+        ]
+        if replaced:
+            quiet.silence_known_noise()  # this warning comes before the classes: one line, as the later ones
+            warnings.warn(f"{path} brings its architecture: {', '.join(replaced)}", UserNotice, stacklevel=2)
 
     def before_instantiate_classes(self) -> None:
         """A checkpoint of a run under the logger's save_dir keeps that run's folder: `fit` continues its

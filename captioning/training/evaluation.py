@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 
+from captioning.errors import UserNotice
 from captioning.files import write_json
 from captioning.metrics import CaptionScorer
 from captioning.metrics.words import split_lines
@@ -146,7 +147,7 @@ class Evaluation:
         scores = caption_diagnostics(captions, tokenizer, self._training_captions or None)
         warning = collapse_warning(split, scores, len(captions))
         if warning:
-            rank_zero_warn(warning)
+            rank_zero_warn(warning, category=UserNotice)
         return scores
 
 

@@ -170,7 +170,10 @@ class CaptioningModule(LightningModule):
             return
         hp = self.hparams
         if hp.scst and not hp.init_from and self.trainer.state.fn == "fit":
-            rank_zero_warn("model.scst without model.init_from: self-critical training starts from random weights")
+            rank_zero_warn(
+                "model.scst without model.init_from: self-critical training starts from random weights",
+                category=UserNotice,
+            )
         if self.restore_from or hp.init_from:
             config, tokenizer, state = load_checkpoint(self.restore_from or hp.init_from, mmap=True)
             values = {**config.to_dict(), "pretrained": False}
@@ -464,9 +467,14 @@ class CaptioningModule(LightningModule):
         counts = torch.tensor([float(self.skipped_images), float(self.skipped_batches)], device=self.device)
         skipped, empty = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # all processes together
         if skipped:
-            rank_zero_warn(f"skipped {int(skipped)} unreadable training images this epoch (named above)")
+            rank_zero_warn(
+                f"skipped {int(skipped)} unreadable training images this epoch (named above)", category=UserNotice
+            )
         if empty:
-            rank_zero_warn(f"{int(empty)} training batches had no readable image; each took a zero-weight step")
+            rank_zero_warn(
+                f"{int(empty)} training batches had no readable image; each took a zero-weight step",
+                category=UserNotice,
+            )
         self.log("train/skipped_images", skipped)
         self.log("train/skipped_batches", empty)
         self.skipped_images = self.skipped_batches = 0
@@ -515,7 +523,8 @@ class CaptioningModule(LightningModule):
             rank_zero_warn(
                 f"step {self.global_step}: {new} step(s) with a non-finite loss or gradient skipped since the last "
                 f"report ({guard.in_a_row} in a row now, {guard.skipped} in this run; the run stops at {guard.limit} "
-                "in a row)"
+                "in a row)",
+                category=UserNotice,
             )
         if guard.skipped:
             self.log("train/nonfinite_steps", float(guard.skipped))

@@ -1,5 +1,5 @@
-"""A fit from a checkpoint trains with the checkpoint's vocabulary: captions of another language are refused in one
-line, and a run resumed on other training data says so."""
+"""A checkpoint brings its architecture and its vocabulary: the settings it replaces are named, captions of another
+language are refused in one line, a vocabulary that misses their words and a run resumed on other data are told."""
 
 from __future__ import annotations
 
@@ -51,3 +51,9 @@ def test_a_run_resumed_on_other_training_data_says_so(tmp_path, checkpoint):
     assert result.returncode == 0, result.stderr[-3000:]
     expected = f"{checkpoint} was trained on shapes (96 images); this run resumes it on shapes (48 images)"
     assert f"warning: {expected}" in result.stderr.splitlines()
+
+
+def test_architecture_settings_that_the_checkpoint_replaces_are_named(tmp_path, shapes_root, checkpoint):
+    result = run_cli(*tiny_args("test", shapes_root, tmp_path, f"--ckpt_path={checkpoint}", "--model.dim=48"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"warning: {checkpoint} brings its architecture: model.dim 32 (not 48)" in result.stderr.splitlines()
