@@ -44,25 +44,15 @@ def load_folder_records(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     split_folders = [root / name for names in SPLIT_FOLDERS.values() for name in names if (root / name).is_dir()]
-    if split_folders and not any((root / name).is_file() for name in METADATA_FILES):
-        metadata = find_metadata(split_folder(root, split))
-        images = read_metadata(metadata)
-    else:
-        metadata = find_metadata(root)
-        images = read_metadata(metadata)
-        chosen = split_keys(root, list(images), split, split_fractions, seed, metadata)
-        images = {name: captions for name, captions in images.items() if name in chosen}
-
-    folder = metadata.parent.absolute()
-    records, missing = [], 0
-    for name, captions in images.items():
-        file = folder / name
-        if file.is_file():
-            records.append(ImageRecord(name, file, captions))
-        else:
-            missing += 1
-    report_missing(missing, len(records), folder, metadata)
-    return records
+    drawn = not split_folders or any((root / name).is_file() for name in METADATA_FILES)
+    metadata = find_metadata(root if drawn else split_folder(root, split))
+    folder, images = metadata.parent.absolute(), read_metadata(metadata)
+    present = {name: captions for name, captions in images.items() if (folder / name).is_file()}
+    report_missing(len(images) - len(present), len(present), folder, metadata)
+    if drawn:  # the splits are drawn from the images that are there, so that none is left empty by missing files
+        chosen = split_keys(root, list(present), split, split_fractions, seed, metadata)
+        present = {name: captions for name, captions in present.items() if name in chosen}
+    return [ImageRecord(name, folder / name, captions) for name, captions in present.items()]
 
 
 def split_folder(root: Path, split: str) -> Path:

@@ -195,3 +195,17 @@ def test_missing_images_are_counted_and_warned_and_none_present_is_an_error(tmp_
     jsonl(tmp_path / "test", rows, images=False)
     with pytest.raises(FileNotFoundError, match=r"none of the 4 images named by .*metadata.jsonl is in .*test"):
         load_folder_records(tmp_path, "test")
+
+
+def test_splits_are_drawn_from_the_images_that_are_there(tmp_path):
+    """Rows whose files are missing take no place in a split: each split of 10 images present gets its share, where
+    missing files drawn into a small split used to leave it empty (and the error then blamed the folder)."""
+    jsonl(tmp_path, [{"file_name": f"img{i}.png", "text": f"picture {i}"} for i in range(10)])
+    rows = [{"file_name": f"img{i}.png", "text": f"picture {i}"} for i in range(10)]
+    rows += [{"file_name": f"gone{i}.png", "text": "lost"} for i in range(30)]
+    jsonl(tmp_path, rows, images=False)
+    with pytest.warns(UserWarning, match=r"30 of the 40 images named by .*metadata.jsonl are not in"):
+        sizes = {split: len(load_folder_records(tmp_path, split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 8, "val": 1, "test": 1}
+    drawn = json.loads((tmp_path / "splits.json").read_text())
+    assert not any(name.startswith("gone") for split in ("train", "val", "test") for name in drawn[split])
