@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   captioning caption --checkpoint last.ckpt --sample --top-p 0.9 --seed 0 photo.jpg
   captioning caption --checkpoint last.ckpt --attention-dir maps/ photo.jpg   # maps/photo.png and maps/photo.gif
   captioning caption --checkpoint exported-onnx/ photo.jpg   # onnxruntime, no torch needed
+  captioning caption --checkpoint exported/ photo.jpg        # a safetensors export: nothing unpickled
 """
 PROGRESS_MIN_IMAGES = 32  # "many images": below this a bar only flickers
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="CKPT",
         required=True,
-        help="checkpoint written by `captioning fit`, or the folder of its ONNX export (`captioning export`)",
+        help="checkpoint written by `captioning fit`, or the folder of its export (`captioning export`)",
     )
     search = parser.add_argument_group("search (default: as the checkpoint's validation and test decoded)")
     search.add_argument(
@@ -229,14 +230,22 @@ class _Output:
             self.bar.update()
 
 
-def load_captioner(path: str, device: str | None, exported: bool):
-    """A `Captioner` of a checkpoint, or an `OnnxCaptioner` of an export folder (which needs no torch)."""
-    if exported:
+def onnx_folder(path: str) -> bool:
+    """Whether `path` is an ONNX export folder (a folder without the safetensors export's weights)."""
+    return Path(path).is_dir() and not (Path(path) / "model.safetensors").is_file()
+
+
+def load_captioner(path: str, device: str | None):
+    """An `OnnxCaptioner` of an ONNX export folder (which needs no torch), or a `Captioner` of a safetensors export
+    folder or of a checkpoint."""
+    if onnx_folder(path):
         from captioning.onnx_captioner import OnnxCaptioner
 
         return OnnxCaptioner(path)
     from captioning.inference import Captioner
 
+    if Path(path).is_dir():
+        return Captioner.from_pretrained(path, device=device)
     return Captioner.from_checkpoint(path, device=device)
 
 
@@ -245,14 +254,13 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
     if options.sample and options.beam_size not in (None, 1):
         parser.error("--sample draws one caption per image; leave out --beam-size")
-    exported = Path(options.checkpoint).is_dir()
-    if exported and options.attention_dir is not None:
+    if onnx_folder(options.checkpoint) and options.attention_dir is not None:
         parser.error("--attention-dir needs a checkpoint: an ONNX export writes no attention weights")
     from captioning.images import load_image
 
     paths, input_errors = expand(options.images)
     try:
-        captioner = load_captioner(options.checkpoint, options.device, exported)
+        captioner = load_captioner(options.checkpoint, options.device)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

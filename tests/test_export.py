@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from captioning import Captioner
+from captioning.caption import main as caption_main
 from captioning.data.coco import load_coco_captions
 from captioning.data.transforms import build_transform, load_image
 from captioning.errors import UserError
@@ -169,7 +170,7 @@ def test_onnx_preprocessing_equals_the_captioner_s(onnx_folder, tiny_checkpoint,
         assert np.array_equal(onnx_captioner.preprocess(image), captioner.preprocess(image).numpy())
 
 
-def test_safetensors_export_captions_as_the_checkpoint(one_thread, tiny_checkpoint, shapes_images, tmp_path):
+def test_safetensors_export_captions_as_the_checkpoint(one_thread, tiny_checkpoint, shapes_images, tmp_path, capsys):
     from safetensors import safe_open
 
     assert main(["--checkpoint", str(tiny_checkpoint), "--format", "safetensors", "--out", str(tmp_path)]) == 0
@@ -181,6 +182,12 @@ def test_safetensors_export_captions_as_the_checkpoint(one_thread, tiny_checkpoi
     assert loaded.model.decoder.head.weight is loaded.model.decoder.token_embed.weight
     expected = Captioner.from_checkpoint(tiny_checkpoint, device="cpu").caption(shapes_images[:8])
     assert loaded.caption(shapes_images[:8]) == expected
+    capsys.readouterr()  # what the export printed
+    outputs = []  # the caption command takes the folder as it takes the checkpoint
+    for checkpoint in (tmp_path, tiny_checkpoint):
+        assert caption_main(["--checkpoint", str(checkpoint), "--device", "cpu", *map(str, shapes_images[:8])]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 8
 
 
 def test_bad_export_folder_gives_a_one_line_error_naming_the_file(tiny_checkpoint, onnx_folder, tmp_path):
