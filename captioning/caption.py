@@ -180,7 +180,8 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[str]]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                errors.append(f"error: {path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                errors.append(f"error: {path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                              + _deeper_hint(path))  # fmt: skip
         elif not path.exists() and glob.has_magic(item):
             found = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
             if not found:
@@ -189,6 +190,12 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[str]]:
             found = [path]  # a missing file is reported when it is read, in its place in the order
         paths += found
     return paths, errors
+
+
+def _deeper_hint(folder: Path) -> str:
+    """Where a folder's images are one level down or more (a dataset's root): how to caption them."""
+    deeper = next((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), None)
+    return f"; its subfolders have some (e.g. {deeper}): pass '{folder / '**' / '*'}' for them" if deeper else ""
 
 
 class _Output:

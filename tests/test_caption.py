@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from captioning.caption import main
 from tests.conftest import COCO_MINI, ROOT, require
@@ -179,6 +180,11 @@ def test_folders_and_patterns_without_images_are_errors(checkpoint, tmp_path, ca
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'empty'}: no image files in this folder" in err
     assert f"error: {tmp_path / '*.jpg'}: no file matches this pattern" in err
+    (tmp_path / "empty" / "2024").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "empty" / "2024" / "a.png")  # a dataset with its images one level down
+    assert main(["--checkpoint", str(checkpoint), str(tmp_path / "empty")]) == 1
+    found, pattern = tmp_path / "empty" / "2024" / "a.png", tmp_path / "empty" / "**" / "*"
+    assert f"its subfolders have some (e.g. {found}): pass '{pattern}' for them" in capsys.readouterr().err
 
 
 def test_bad_checkpoints_and_options_get_one_line_errors(checkpoint, shapes_images, tmp_path, capsys):
