@@ -333,6 +333,13 @@ class CaptioningModule(LightningModule):
         )
         if self.trainer.is_global_zero:
             print(describe(lr, optimizer.defaults["lr"], global_batch, rule, reference, schedule), flush=True)
+        if schedule.warmup >= schedule.total:
+            setting = "model.warmup_epochs" if hp.get("warmup_epochs") is not None else "model.warmup_steps"
+            rank_zero_warn(
+                f"{setting}: the warm-up ({schedule.warmup:g} steps) is as long as the whole run ({schedule.total} "
+                "optimizer steps), so the learning rate never reaches its peak; a small dataset needs a shorter one",
+                category=UserNotice,
+            )
 
         groups = optimizer.param_groups
         lambdas = [lambda step, g=g: schedule(step) * frozen_encoder_factor(g, step, frozen_steps) for g in groups]

@@ -72,3 +72,13 @@ def test_two_processes_follow_the_same_schedule_per_epoch_at_the_rate_of_their_g
     for epoch in (1, 2):  # in the warm-up, then in the decay
         assert two[epoch] == pytest.approx(2 * one[epoch])  # twice the global batch, twice the rate, same shape
     assert one[1] < one[2] * 1.5  # sanity: the warm-up ends within epoch 2
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned(tmp_path, shapes_root):
+    """configs/shapes.yaml warms up over 100 steps: on 4 steps (a small folder of one's own) the rate never peaks."""
+    extra = ["--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--test_after_fit=false"]
+    result = run_cli(*tiny_args("fit", shapes_root, tmp_path, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: model.warmup_steps: the warm-up (100 steps) is as long as the whole run (4 optimizer steps)" in (
+        result.stderr
+    )
