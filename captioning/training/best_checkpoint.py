@@ -5,10 +5,10 @@ true): CIDEr-D peaks epochs before the model learns which way round two shapes s
 that check, and people run the same configs on their own folders (`--data.dataset folder`), so a monitored metric that
 the data does not log falls back to `val/CIDEr`, with one warning, instead of stopping the run.
 
-Until the score first moves, an equal score replaces best.ckpt: a score that never moves says nothing of the epochs
-(CIDEr-D over a single validation image is always 0, and an undertrained model's often is), and best.ckpt, which the
-test after fit scores, would otherwise stay the first, least trained one. Once it has moved, Lightning's rule holds:
-only a better score replaces it.
+Until the score first moves, an equal score replaces best.ckpt when its `val/CIDEr` is at least as high: a score
+that never moves says nothing of the epochs (CIDEr-D over a single validation image is always 0, and an undertrained
+model's often is), and best.ckpt, which the test after fit scores, would otherwise stay the first, least trained one.
+Once it has moved, Lightning's rule holds: only a better score replaces it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class BestCheckpoint(ModelCheckpoint):
         self.fallback = fallback
         self._warned = False
         self._score_moved = False  # a validation scored better than the first
+        self._best_fallback: float | None = None  # the fallback metric of best.ckpt, which breaks ties
         self._scored = 0  # validations scored by this process
 
     def _monitor_candidates(self, trainer) -> dict:
@@ -55,9 +56,19 @@ class BestCheckpoint(ModelCheckpoint):
         if better and self.best_k_models:
             self._score_moved = True
         if better or current is None or self._score_moved or self.save_top_k != 1 or not self.best_k_models:
-            return better
+            return self._keep_fallback(trainer, better)
         tied = bool(torch.eq(current, self.best_k_models[self.kth_best_model_path]))
-        return trainer.strategy.reduce_boolean_decision(tied)
+        fallback = trainer.callback_metrics.get(self.fallback) if self.fallback else None
+        if tied and fallback is not None and self._best_fallback is not None:
+            tied = float(fallback) >= self._best_fallback
+        return self._keep_fallback(trainer, trainer.strategy.reduce_boolean_decision(tied))
+
+    def _keep_fallback(self, trainer, saving: bool) -> bool:
+        """Notes the fallback metric of the checkpoint about to be saved, for the ties that follow."""
+        fallback = trainer.callback_metrics.get(self.fallback) if self.fallback else None
+        if saving and fallback is not None:
+            self._best_fallback = float(fallback)
+        return saving
 
     def on_fit_end(self, trainer, pl_module) -> None:
         super().on_fit_end(trainer, pl_module)
@@ -69,8 +80,9 @@ class BestCheckpoint(ModelCheckpoint):
             )
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "score_moved": self._score_moved}
+        return {**super().state_dict(), "score_moved": self._score_moved, "best_fallback": self._best_fallback}
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._score_moved = state_dict.get("score_moved", True)  # older checkpoints: Lightning's rule
+        self._best_fallback = state_dict.get("best_fallback")
