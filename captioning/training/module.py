@@ -21,7 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_warn
 
-from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries, training_data
+from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_entries
 from captioning.data.transforms import data_config
 from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError, UserNotice
@@ -30,6 +30,7 @@ from captioning.model.generation import decode
 from captioning.text.packing import PackedRows
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
+from captioning.training.checkpoint_data import check_data_for_checkpoint
 from captioning.training.ema import WeightAverage
 from captioning.training.evaluation import Evaluation
 from captioning.training.nonfinite import NonFiniteGuard
@@ -174,13 +175,14 @@ class CaptioningModule(LightningModule):
                 "model.scst without model.init_from: self-critical training starts from random weights",
                 category=UserNotice,
             )
-        if self.restore_from or hp.init_from:
-            config, tokenizer, state = load_checkpoint(self.restore_from or hp.init_from, mmap=True)
+        path = self.restore_from or hp.init_from
+        if path:
+            config, tokenizer, state = load_checkpoint(path, mmap=True)
             values = {**config.to_dict(), "pretrained": False}
             if not self.restore_from and hp.freeze_encoder is not None:  # a choice of this run, not of the architecture
                 values["freeze_encoder"] = hp.freeze_encoder
             self._build(ModelConfig.from_dict(values), tokenizer)
-            self._check_training_captions(self.restore_from or hp.init_from, tokenizer)
+            check_data_for_checkpoint(path, tokenizer, self.trainer, hp.max_length, resuming=bool(self.restore_from))
             if not self.restore_from:
                 self.model.load_state_dict(state)
             self._start_average()  # from the weights it starts from
@@ -196,37 +198,6 @@ class CaptioningModule(LightningModule):
             )
             self._build(config, datamodule.tokenizer)
             self._start_average()
-
-    def _check_training_captions(self, path: str, tokenizer: CaptionTokenizer) -> None:
-        """A fit from a checkpoint trains on the checkpoint's vocabulary: captions of another language are refused,
-        and a vocabulary that misses many of their words, or a resumed run whose training data changed, is told."""
-        datamodule = self.trainer.datamodule
-        if self.trainer.state.fn != "fit" or not hasattr(datamodule, "training_data"):
-            return
-        if datamodule.language != tokenizer.language:
-            raise UserError(
-                f"{path}: its vocabulary is for captions in '{tokenizer.language}', but the training captions are in "
-                f"'{datamodule.language}' (data.language); start from a checkpoint of their language, or from none"
-            )
-        train = datamodule.datasets.get("train")
-        captions = [c for record in getattr(train, "records", [])[:2000] for c in record.captions]
-        if captions:
-            ids = tokenizer.encode(captions, self.hparams.max_length)
-            words = ~torch.isin(ids, torch.tensor([tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id]))
-            unknown = float((ids == tokenizer.unk_id).sum() / words.sum().clamp(min=1))
-            if unknown > 0.1:
-                rank_zero_warn(
-                    f"{path}: {unknown:.0%} of the training captions' words are not in its vocabulary of "
-                    f"{tokenizer.vocab_size} tokens; they train as the unknown word",
-                    category=UserNotice,
-                )
-        before, now = training_data(path), datamodule.training_data()
-        if self.restore_from and before and before != now:
-            rank_zero_warn(
-                f"{path} was trained on {before['dataset']} ({before['images']} images); this run resumes it on "
-                f"{now['dataset']} ({now['images']} images)",
-                category=UserNotice,
-            )
 
     @property
     def eval_model(self) -> CaptioningModel:
