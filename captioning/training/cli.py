@@ -168,6 +168,7 @@ class CaptioningCLI(LightningCLI):
         except BaseException:
             if subcommand == "fit":
                 self._remove_unsaved_run()
+                self._say_how_to_resume()
             raise
         folder = run_folder(self.trainer)
         if subcommand == "fit" and self.trainer.is_global_zero and folder:
@@ -183,6 +184,16 @@ class CaptioningCLI(LightningCLI):
             shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):  # runs/NAME too, when this run was its only one
                 Path(folder).parent.rmdir()
+
+    def _say_how_to_resume(self) -> None:
+        """After Ctrl-C (Lightning shuts down and exits 1), the command that goes on from the run's last.ckpt."""
+        trainer = getattr(self, "trainer", None)
+        folder = run_folder(trainer) if trainer is not None else None
+        if folder is None or not trainer.interrupted or not trainer.is_global_zero:
+            return
+        last = Path(folder) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            print(f"interrupted: to go on, run the same command with --ckpt_path {last}", file=sys.stderr)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:

@@ -73,16 +73,19 @@ def logged_training_steps(run_dir: Path) -> list[tuple[str, str]]:
     return [(row["epoch"], row["step"]) for row in metrics_rows(run_dir) if row.get("train/loss")]
 
 
-def kill_after(process: subprocess.Popen, record: Path, step: int, log: Path, timeout: float = 240) -> None:
-    """SIGKILL once the run has recorded `step` (polling its record, as one would watch metrics.csv)."""
+def kill_after(
+    process: subprocess.Popen, record: Path, step: int, log: Path, sent: int = signal.SIGKILL, timeout: float = 240
+) -> None:
+    """Sends `sent` once the run has recorded `step` (polling its record, as one would watch metrics.csv)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if any(r["step"] >= step for r in read_records(record)[-3:]):
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(sent)
             break
         time.sleep(0.02)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{log.read_text()[-3000:]}"
+    process.wait(timeout=60)
+    ended = -signal.SIGKILL if sent == signal.SIGKILL else 1  # Lightning shuts down after Ctrl-C and exits 1
+    assert process.returncode == ended, f"the run ended before it was stopped:\n{log.read_text()[-3000:]}"
 
 
 @pytest.mark.slow
@@ -127,3 +130,11 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninter
           f"{loss_gap:.1e}; final val CIDEr-D resumed {cider:.4f}, uninterrupted {reference_cider:.4f}")  # fmt: skip
     assert reference_cider > 0
     assert abs(cider - reference_cider) <= 0.02 * reference_cider
+
+
+def test_ctrl_c_stops_the_run_and_says_how_to_go_on(tmp_path, shapes_root):
+    record, log = tmp_path / "steps.jsonl", tmp_path / "run.log"
+    process = start_cli(*fit_args(shapes_root, tmp_path / "run", record), log=log)
+    kill_after(process, record, INTERVAL + 1, log, sent=signal.SIGINT)  # after the first last.ckpt
+    last = tmp_path / "run" / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"interrupted: to go on, run the same command with --ckpt_path {last}" in log.read_text().splitlines()
