@@ -101,6 +101,7 @@ def test_test_fails_when_an_image_could_not_be_scored_unless_allowed(tmp_path, s
     assert error.startswith("error: 1 of the 16 test images were not scored") and "--allow_missing_images" in error
     assert f"{broken.name}: cannot read image" in result.stderr
     (metrics,) = (tmp_path / "strict").glob("**/metrics.json")
+    assert f"results: {metrics.parent}" in result.stdout.splitlines()  # where the scores of the others are
     counts = {"images_scored": TINY_SPLITS["test"] - 1, "images_in_split": TINY_SPLITS["test"]}
     assert json.loads(metrics.read_text()).items() >= counts.items()
 

@@ -52,6 +52,7 @@ def test_a_resumed_run_continues_in_its_own_folder_with_its_curves_and_best_chec
 
 def test_test_on_a_checkpoint_of_a_run_writes_into_a_subfolder_of_that_run(resumed):
     version = resumed["version"]
+    assert f"results: {version / 'test-best'}" in resumed["logs"][2].stdout.splitlines()
     scores = json.loads((version / "test-best" / "metrics.json").read_text())
     assert "CIDEr" in scores and (version / "test-best" / "predictions.json").is_file()
     assert json.loads((version / "metrics.json").read_text()).keys() == scores.keys()  # the fit's own results stay

@@ -169,10 +169,16 @@ class CaptioningCLI(LightningCLI):
             if subcommand == "fit":
                 self._remove_unsaved_run()
                 self._say_how_to_resume()
+            self._say_where_results_are(subcommand)  # e.g. a test after fit that missed images: its results are there
             raise
-        folder = run_folder(self.trainer)
-        if subcommand == "fit" and self.trainer.is_global_zero and folder:
-            print(f"run folder: {folder}")
+        self._say_where_results_are(subcommand)
+
+    def _say_where_results_are(self, subcommand: str) -> None:
+        """The run's folder after fit; the folder of predictions.json (and metrics.json) after test and predict."""
+        trainer = getattr(self, "trainer", None)
+        folder = run_folder(trainer) if trainer is not None else None
+        if folder and Path(folder).is_dir() and trainer.is_global_zero:
+            print(f"run folder: {folder}" if subcommand == "fit" else f"results: {folder}")
 
     def _remove_unsaved_run(self) -> None:
         """A fit that failed before its first checkpoint leaves no folder behind: the next run takes its number."""
