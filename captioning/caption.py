@@ -299,40 +299,39 @@ def main(args: list[str] | None = None) -> int:
     output = _Output(len(paths), options.progress, options.format)
     for message in input_errors:
         output.error(message, counts_image=False)
-    try:
-        for start in range(0, len(paths), options.batch_size):
-            batch, stop = [], start + options.batch_size
-            for path, name in zip(paths[start:stop], names[start:stop], strict=True):
-                try:
-                    batch.append((path, load_image(path), name))
-                except OSError as error:
-                    output.error(f"error: {error}")
-            # One image that cannot be decoded must not cost the batch: caption them one by one. Only a read error
-            # (load_image's OSError; PIL's UnidentifiedImageError is one too): any other error is the model's or the
-            # device's, the same for every image, so it ends the run once, with its traceback.
+    for start in range(0, len(paths), options.batch_size):
+        batch, stop = [], start + options.batch_size
+        for path, name in zip(paths[start:stop], names[start:stop], strict=True):
             try:
-                captions = captioner.caption([image for _, image, _ in batch], **settings) if batch else []
-            except OSError:
-                captions = []
-                for path, image, _ in batch:
-                    try:
-                        captions += captioner.caption(image, **settings)
-                    except OSError as error:  # reported per file, the run goes on
-                        captions.append(None)
-                        output.error(f"error: {path}: cannot caption image ({type(error).__name__}: {error})")
-            for (path, image, name), caption in zip(batch, captions, strict=True):
-                if caption is None:
-                    continue
-                output.caption(path, caption)
-                if attention_dir is not None:
-                    try:
-                        save_attention(image, caption, attention_dir, name)
-                    except (OSError, ValueError) as error:
-                        output.error(f"error: {path}: cannot write its attention maps ({error})", counts_image=False)
-    except UserError as error:  # settings this model cannot decode with, e.g. a minimum length over its maximum
-        output.bar.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+                batch.append((path, load_image(path), name))
+            except OSError as error:
+                output.error(f"error: {error}")
+        # One image that cannot be decoded must not cost the batch: caption them one by one. Only a read error
+        # (load_image's OSError; PIL's UnidentifiedImageError is one too): any other error is the model's or the
+        # device's, the same for every image, so it ends the run once, with its traceback.
+        try:
+            captions = captioner.caption([image for _, image, _ in batch], **settings) if batch else []
+        except UserError as error:  # settings this model cannot decode with, e.g. a minimum length over its maximum
+            output.bar.close()
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except OSError:
+            captions = []
+            for path, image, _ in batch:
+                try:
+                    captions += captioner.caption(image, **settings)
+                except OSError as error:  # reported per file, the run goes on
+                    captions.append(None)
+                    output.error(f"error: {path}: cannot caption image ({type(error).__name__}: {error})")
+        for (path, image, name), caption in zip(batch, captions, strict=True):
+            if caption is None:
+                continue
+            output.caption(path, caption)
+            if attention_dir is not None:
+                try:
+                    save_attention(image, caption, attention_dir, name)
+                except (OSError, ValueError) as error:
+                    output.error(f"error: {path}: cannot write its attention maps ({error})", counts_image=False)
     output.bar.close()
     if output.failures:
         print(f"captioned {output.captioned} of {len(paths)} images; {output.failures} error(s) above", file=sys.stderr)

@@ -51,22 +51,17 @@ class BestCheckpoint(ModelCheckpoint):
         return candidates
 
     def check_monitor_top_k(self, trainer, current=None) -> bool:
-        better = super().check_monitor_top_k(trainer, current)  # the first score, or a better one
+        saving = super().check_monitor_top_k(trainer, current)  # the first score, or a better one
         self._scored += current is not None
-        if better and self.best_k_models:
+        if saving and self.best_k_models:
             self._score_moved = True
-        if better or current is None or self._score_moved or self.save_top_k != 1 or not self.best_k_models:
-            return self._keep_fallback(trainer, better)
-        tied = bool(torch.eq(current, self.best_k_models[self.kth_best_model_path]))
         fallback = trainer.callback_metrics.get(self.fallback) if self.fallback else None
-        if tied and fallback is not None and self._best_fallback is not None:
-            tied = float(fallback) >= self._best_fallback
-        return self._keep_fallback(trainer, trainer.strategy.reduce_boolean_decision(tied))
-
-    def _keep_fallback(self, trainer, saving: bool) -> bool:
-        """Notes the fallback metric of the checkpoint about to be saved, for the ties that follow."""
-        fallback = trainer.callback_metrics.get(self.fallback) if self.fallback else None
-        if saving and fallback is not None:
+        if not (saving or current is None or self._score_moved or self.save_top_k != 1 or not self.best_k_models):
+            tied = bool(torch.eq(current, self.best_k_models[self.kth_best_model_path]))
+            if tied and fallback is not None and self._best_fallback is not None:
+                tied = float(fallback) >= self._best_fallback
+            saving = trainer.strategy.reduce_boolean_decision(tied)
+        if saving and fallback is not None:  # for the ties that follow
             self._best_fallback = float(fallback)
         return saving
 

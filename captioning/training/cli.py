@@ -166,39 +166,37 @@ class CaptioningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            if subcommand == "fit":
-                self._remove_unsaved_run()
-                self._say_how_to_resume()
-            self._say_where_results_are(subcommand)  # e.g. a test after fit that missed images: its results are there
+            folder = self._own_run_folder()
+            if subcommand == "fit" and folder is not None:
+                self._remove_unsaved_run(folder)
+                self._say_how_to_resume(folder)
+            self._say_where_results_are(subcommand, folder)  # e.g. a test after fit that missed images
             raise
-        self._say_where_results_are(subcommand)
+        self._say_where_results_are(subcommand, self._own_run_folder())
 
-    def _say_where_results_are(self, subcommand: str) -> None:
-        """The run's folder after fit; the folder of predictions.json (and metrics.json) after test and predict."""
+    def _own_run_folder(self) -> Path | None:
+        """The run's folder on the first process; None on the others (they neither print nor remove)."""
         trainer = getattr(self, "trainer", None)
         folder = run_folder(trainer) if trainer is not None else None
-        if folder and Path(folder).is_dir() and trainer.is_global_zero:
+        return Path(folder) if folder and trainer.is_global_zero else None
+
+    def _say_where_results_are(self, subcommand: str, folder: Path | None) -> None:
+        """The run's folder after fit; the folder of predictions.json (and metrics.json) after test and predict."""
+        if folder is not None and folder.is_dir():
             print(f"run folder: {folder}" if subcommand == "fit" else f"results: {folder}")
 
-    def _remove_unsaved_run(self) -> None:
+    def _remove_unsaved_run(self, folder: Path) -> None:
         """A fit that failed before its first checkpoint leaves no folder behind: the next run takes its number."""
-        trainer = getattr(self, "trainer", None)
-        folder = run_folder(trainer) if trainer is not None else None
-        if folder is None or not self._new_run_folder or not trainer.is_global_zero:
-            return
-        if not any(c.best_model_path or c.last_model_path for c in trainer.checkpoint_callbacks):
+        saved = any(c.best_model_path or c.last_model_path for c in self.trainer.checkpoint_callbacks)
+        if self._new_run_folder and not saved:
             shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):  # runs/NAME too, when this run was its only one
-                Path(folder).parent.rmdir()
+                folder.parent.rmdir()
 
-    def _say_how_to_resume(self) -> None:
+    def _say_how_to_resume(self, folder: Path) -> None:
         """After Ctrl-C (Lightning shuts down and exits 1), the command that goes on from the run's last.ckpt."""
-        trainer = getattr(self, "trainer", None)
-        folder = run_folder(trainer) if trainer is not None else None
-        if folder is None or not trainer.interrupted or not trainer.is_global_zero:
-            return
-        last = Path(folder) / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        last = folder / "checkpoints" / "last.ckpt"
+        if self.trainer.interrupted and last.is_file():
             print(f"interrupted: to go on, run the same command with --ckpt_path {last}", file=sys.stderr)
 
     def after_fit(self) -> None:
