@@ -184,7 +184,7 @@ def run_variant(args: argparse.Namespace, compiled: bool, batch, measured_peak: 
         counters.clear()
         model.compile_parts()
     if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(args.device)
     started = time.perf_counter()
     for _ in range(args.warmup):
         step(*batch)
@@ -198,7 +198,8 @@ def run_variant(args: argparse.Namespace, compiled: bool, batch, measured_peak: 
     if compiled:
         audit = f"{sum(counters['graph_break'].values())} graph breaks, {counters['frames']['ok']} frames compiled"
     achieved = flops / seconds / 1e12
-    memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else "n/a"
+    cuda = args.device.startswith("cuda")
+    memory = f"{torch.cuda.max_memory_allocated(args.device) / 2**30:.1f} GiB" if cuda else "n/a"
     mfu = f"MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "MFU n/a (no data-sheet peak: --peak-tflops)"
     print(
         f"{'compiled' if compiled else 'eager':<9} {args.batch_size / seconds:8.1f} images/s  "

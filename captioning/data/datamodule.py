@@ -26,12 +26,13 @@ from captioning.data.coco import ImageRecord, load_coco_captions, load_karpathy_
 from captioning.data.feature_cache import FeatureCache, FeatureDataset, cache_key, ensure_cache
 from captioning.data.folder import load_folder_records
 from captioning.data.parquet import load_parquet_records
-from captioning.data.sampler import ResumableDataLoader, ResumableSampler
+from captioning.data.sampler import Draw, ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_checks import ShapesCaptionChecks
 from captioning.data.transforms import build_transform, data_config, load_image
 from captioning.errors import UserError, UserNotice
 from captioning.metrics.words import ENGLISH, check_language
+from captioning.seeds import default_seed, seeded_torch
 from captioning.text.packing import pack_captions
 from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
@@ -58,6 +59,7 @@ class CaptionDataset(Dataset):
     Index i + v * N (N images) is view v of image i: mirrored left to right when v has bit 1 (HORIZONTAL), top to
     bottom when it has bit 2 (VERTICAL), with the position words of its captions swapped so that they stay true
     ("left" and "right"; "above" and "below", "top" and "bottom"). A `ResumableSampler` with `views` asks for them.
+    A `Draw` index also seeds the transform's random crop, and the item carries its seed for the captions' pick.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform) -> None:
@@ -70,7 +72,8 @@ class CaptionDataset(Dataset):
     def __iter__(self) -> Iterator[dict]:
         return (self[index] for index in range(len(self)))  # the images as they are, each once
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | Draw) -> dict:
+        index, seed = key if isinstance(key, Draw) else (key, None)
         view, position = divmod(index, len(self.records))
         if not 0 <= view <= HORIZONTAL | VERTICAL:
             raise IndexError(f"index {index} is outside the {len(self.records)} images and their mirrored views")
@@ -81,7 +84,9 @@ class CaptionDataset(Dataset):
             source, name = (
                 (record.path, None) if record.data is None else (record.data, f"{record.path} [{record.image_id}]")
             )
-            image = self.transform(load_image(source, size=getattr(self.transform, "decode_size", None), name=name))
+            image = load_image(source, size=getattr(self.transform, "decode_size", None), name=name)
+            with seeded_torch(seed):
+                image = self.transform(image)
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", UserNotice, stacklevel=2)
             image = None
@@ -91,7 +96,7 @@ class CaptionDataset(Dataset):
         if view & VERTICAL:
             image = None if image is None else image.flip(-2)  # (3, H, W): rows reversed
             captions = [swap_up_down(caption) for caption in captions]
-        return {"image": image, "image_id": record.image_id, "captions": captions}
+        return {"image": image, "image_id": record.image_id, "captions": captions, "seed": seed}
 
 
 class TrainCollate:
@@ -105,16 +110,17 @@ class TrainCollate:
         captions = []
         for item in items:
             if _inputs(item) is not None:
-                captions += _pick(item["captions"], self.captions_per_image)
+                captions += _pick(item["captions"], self.captions_per_image, item.get("seed"))
         tokens = self.tokenizer.encode(captions, self.max_length) if captions else torch.zeros(0, 2).long()
         batch.update(pack_captions(tokens, self.captions_per_image, self.tokenizer.pad_id))
         return batch
 
 
-def _pick(captions: list[str], k: int) -> list[str]:
-    """K different captions when there are enough; otherwise all of them, repeated in turn."""
+def _pick(captions: list[str], k: int, seed: int | None = None) -> list[str]:
+    """K different captions when there are enough, drawn with `seed` (None: Python's global generator); otherwise
+    all of them, repeated in turn."""
     if len(captions) >= k:
-        return random.sample(captions, k)
+        return (random if seed is None else random.Random(seed)).sample(captions, k)
     return [captions[i % len(captions)] for i in range(k)]
 
 
@@ -334,7 +340,7 @@ class CaptionDataModule(LightningDataModule):
 
         # Training: a new order each epoch, the same on every process (LitData shards it); evaluation: each image once.
         train = split == "train"
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = default_seed()
         options = dict(self.hparams.stream_options or {})
         if "cache_dir" in options:  # a folder per split: each split's chunks and index have the same names
             options["cache_dir"] = os.path.join(options["cache_dir"], split)
@@ -471,7 +477,7 @@ class CaptionDataModule(LightningDataModule):
             views = self.views if isinstance(dataset, CaptionDataset) else (0,)
             return ResumableDataLoader(
                 dataset,
-                ResumableSampler(dataset, views=views),
+                ResumableSampler(dataset, views=views, draws=True),
                 batch_size=batch_size,
                 drop_last=len(dataset) > batch_size,
                 num_workers=workers,

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from captioning.data.coco import ImageRecord, read_json
+from captioning.data.sampler import Draw
 from captioning.errors import UserError
 from captioning.files import write_json
 
@@ -240,6 +241,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | Draw) -> dict:
+        index, seed = key if isinstance(key, Draw) else (key, None)  # the seed picks the captions (TrainCollate)
         record = self.records[index]
-        return {"features": self.cache.get(record.image_id), "image_id": record.image_id, "captions": record.captions}
+        features = self.cache.get(record.image_id)
+        return {"features": features, "image_id": record.image_id, "captions": record.captions, "seed": seed}

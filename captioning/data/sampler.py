@@ -11,21 +11,22 @@ loader built after the checkpoint was read, and `trainer.estimated_stepping_batc
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator, Sized
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioning.errors import UserError
+from captioning.seeds import default_seed, derived_seed
 
 
-def default_seed() -> int:
-    """The seed of `seed_everything` (Lightning exports it to every process), else 0 like `DistributedSampler`: all
-    ranks must draw the same permutation, so the global RNG of each process is no use."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+class Draw(NamedTuple):
+    """A dataset index with the seed of its random draws (crop, captions) in this epoch (`ResumableSampler`)."""
+
+    index: int
+    seed: int
 
 
 class ResumableSampler(DistributedSampler):
@@ -44,6 +45,8 @@ class ResumableSampler(DistributedSampler):
         views: the views of an image to draw from, per epoch and image: view v of image i comes as index
             i + v * N (N images; `CaptionDataset` reads v as mirrors), so a resumed run sees the same views as the run
             it continues. (0,): the images as they are.
+        draws: yield `Draw`s, each index with the seed of its random draws in this epoch (derived from the seed,
+            the epoch and the index, see `captioning.seeds`), instead of bare indices.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ResumableSampler(DistributedSampler):
         rank: int | None = None,
         drop_last: bool = False,
         views: tuple[int, ...] = (0,),
+        draws: bool = False,
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1
@@ -63,6 +67,7 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.consumed = 0
         self.views = tuple(views)
+        self.draws = draws
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -73,13 +78,14 @@ class ResumableSampler(DistributedSampler):
         # A finished epoch that is iterated again (no set_epoch in between) starts over, as a DataLoader would.
         self.consumed = self.consumed if self.consumed < self.num_samples else 0
         indices = itertools.islice(super().__iter__(), self.consumed, None)
-        if self.views == (0,):
-            yield from indices
-            return
-        size, views = len(self.dataset), torch.tensor(self.views)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch + 7919)  # not the permutation's stream
-        draws = torch.randint(len(views), (size,), generator=generator)
-        yield from (index + size * int(views[draws[index]]) for index in indices)
+        if self.views != (0,):
+            size, views = len(self.dataset), torch.tensor(self.views)
+            generator = torch.Generator().manual_seed(self.seed + self.epoch + 7919)  # not the permutation's stream
+            picked = torch.randint(len(views), (size,), generator=generator)
+            indices = (index + size * int(views[picked[index]]) for index in indices)
+        if self.draws:
+            indices = (Draw(index, derived_seed(self.seed, self.epoch, index)) for index in indices)
+        yield from indices
 
     def __len__(self) -> int:
         # The whole epoch's shard, also when resumed: Lightning counts the batches already done on top of this.

@@ -24,6 +24,7 @@ from torchvision import transforms as T
 from captioning.data.coco import ImageRecord, read_json
 from captioning.data.transforms import load_image
 from captioning.errors import UserError, UserNotice, first_line
+from captioning.seeds import derived_seed, seeded_torch
 
 CAPTIONS_FILE = "captions.json"  # the split's references, COCO captions format
 MANIFEST_FILE = "manifest.json"  # how the split was packed: image size, count, source
@@ -104,12 +105,16 @@ class CaptionStreamingDataset(StreamingDataset):
     def __getitem__(self, index) -> dict:
         sample = super().__getitem__(index)
         image_id = json.loads(sample["image_id"])
+        # the crop and the captions' pick keyed by seed, epoch and item, as on the folder path (see seeds)
+        seed = derived_seed(self.seed, self.current_epoch, int(getattr(index, "index", index)))
         try:
-            image = self.image_transform(decode_image(sample["image"]))
+            image = decode_image(sample["image"])
+            with seeded_torch(seed):
+                image = self.image_transform(image)
         except OSError as error:
             warnings.warn(f"skipping unreadable image {image_id}: {error}", UserNotice, stacklevel=2)
             image = None
-        return {"image": image, "image_id": image_id, "captions": json.loads(sample["captions"])}
+        return {"image": image, "image_id": image_id, "captions": json.loads(sample["captions"]), "seed": seed}
 
 
 class CaptionStreamingLoader(StreamingDataLoader):

@@ -2,7 +2,8 @@
 
 Validation and test scores are computed on the first process (METEOR and SPICE start a JVM; on 5,000 COCO captions
 that can take longer than the process group's timeout, 30 minutes by default) while the others wait. They wait on a
-gloo group of their own with a timeout of hours, so that no collective of the training group runs out meanwhile.
+gloo group of their own with a timeout of hours, so that no collective of the training group runs out meanwhile. The
+same holds for the feature cache, which the first process fills while the others wait.
 """
 
 from __future__ import annotations

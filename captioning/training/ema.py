@@ -4,7 +4,7 @@ Polyak averaging as timm's `ModelEmaV3` and most captioning codebases keep it: a
 weight moves a share 1 - decay towards the trained one. The decay warms up as (1 + n) / (10 + n) over the first
 updates, so that the average does not remember the random initialisation (TensorFlow's ExponentialMovingAverage
 with num_updates). Buffers (BatchNorm statistics) are copied, not averaged. The update reads nothing back from the
-device: the step count is a tensor, and the whole update is three foreach kernels.
+device: the step count is a tensor, and the weights move in three foreach kernels.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class WeightAverage(nn.Module):
         decay = ((1 + self.updates) / (10 + self.updates)).clamp(max=self.decay)
         averaged = [p for p in self.model.parameters() if p.is_floating_point()]
         trained = [p.detach() for p in model.parameters() if p.is_floating_point()]
-        torch._foreach_lerp_(averaged, trained, 1.0 - decay)  # avg += (1 - decay) * (trained - avg)
+        # avg = trained + decay * (avg - trained); foreach lerp would read a tensor weight back to the host
+        torch._foreach_sub_(averaged, trained)
+        torch._foreach_mul_(averaged, decay)
+        torch._foreach_add_(averaged, trained)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)

@@ -9,6 +9,7 @@ embeddings), linear warm-up and cosine decay. Validation, test and predict decod
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Literal
 
@@ -27,10 +28,12 @@ from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError, UserNotice
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import decode
+from captioning.seeds import SEED_VARIABLE, default_seed, derived_seed, seed_generators
 from captioning.text.packing import PackedRows
 from captioning.text.tokenizer import CaptionTokenizer
 from captioning.training import scst
 from captioning.training.checkpoint_data import check_data_for_checkpoint
+from captioning.training.distributed import share_from_first
 from captioning.training.ema import WeightAverage
 from captioning.training.evaluation import Evaluation
 from captioning.training.nonfinite import NonFiniteGuard
@@ -245,15 +248,18 @@ class CaptioningModule(LightningModule):
         if strategy.is_global_zero:
             encoder = self.model.encoder.to(strategy.root_device)
             keys = datamodule.fill_feature_cache(encoder, self.trainer.precision_plugin.forward_context)
-        keys = strategy.broadcast(keys, src=0)  # the others wait here, then read the cache of the first one's encoder
+        keys = share_from_first(keys)  # the others wait here (for as long as it takes), then read that cache
         datamodule.open_feature_cache(keys)
 
     def _build(self, config: ModelConfig, tokenizer: CaptionTokenizer) -> None:
         self.model, self.tokenizer = CaptioningModel(config), tokenizer
         if self.hparams.compile:
             self.model.compile_parts()
-        if self.trainer.datamodule is not None:
-            self.trainer.datamodule.tokenizer = tokenizer  # training captions must use the model's vocabulary
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.tokenizer = tokenizer  # training captions must use the model's vocabulary
+            if "max_length" in getattr(datamodule, "hparams", {}):  # and fit its position table
+                datamodule.hparams.max_length = config.max_length
 
     def _start_average(self) -> None:
         """Starts the moving average of the weights (model.ema_decay) from the model's current ones, when fitting;
@@ -429,6 +435,8 @@ class CaptioningModule(LightningModule):
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._step_started, self._reward_seconds = time.perf_counter(), 0.0
+        if SEED_VARIABLE in os.environ:  # dropout and SCST's samples drawn as in an uninterrupted run (see seeds)
+            seed_generators(derived_seed(default_seed(), self.current_epoch, batch_idx, self.global_rank), self.device)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.hparams.scst:  # the reward must stay a small share of the step: measured, not assumed

@@ -87,7 +87,8 @@ class NonFiniteGuard:
         """
         with torch.no_grad():
             self._grad_norm = gradient_norm(_gradients(optimizer))
-            found = sum(self._losses, self._grad_norm).mul(0).nan_to_num(1.0)  # () float: 1.0 for a NaN or inf anywhere
+            found = sum(self._losses, self._grad_norm).mul(0).nan_to_num(1.0)  # () 1.0 for a NaN or inf anywhere
+            found = found.float()  # as the fused kernel reads it, also in a float64 run
             self._losses = []
             if any_process is not None:
                 found = any_process(found)
@@ -112,7 +113,8 @@ class NonFiniteGuard:
 
         A fused optimizer takes the factor as its `grad_scale`, the way GradScaler hands it over: its update divides
         each gradient by max(1, norm / max_norm) as it reads it, so clipping costs no pass over the gradients of its
-        own (the gradients themselves are left as they are). Other optimizers get torch's in-place scaling."""
+        own (it leaves the divided gradients in `.grad`, as GradScaler's unscaling would). Other optimizers get
+        torch's in-place scaling."""
         norm = self._grad_norm if self._grad_norm is not None else gradient_norm(_gradients(optimizer))
         self._grad_norm = None
         if skips_on_device(optimizer):

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 
 import torch
+from lightning import Trainer
 
 from captioning.checkpoint import checkpoint_metadata
 from captioning.data.shapes import ensure_shapes
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.text.tokenizer import CaptionTokenizer
-from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args
+from captioning.training.module import CaptioningModule
+from tests.conftest import TINY_MODEL, TINY_SPLITS, run_cli, tiny_args, tiny_data
 
 
-def saved(path, captions: list[str], language: str = "en"):
-    """A checkpoint of the tiny model (random weights) whose vocabulary is the words of `captions`."""
+def saved(path, captions: list[str], language: str = "en", **settings):
+    """A checkpoint of the tiny model (random weights, `settings` changed) whose vocabulary is the words of
+    `captions`."""
     tokenizer = CaptionTokenizer.train(captions, min_frequency=1, language=language)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, **{**TINY_MODEL, **settings})
     state = {f"model.{k}": v for k, v in CaptioningModel(config).state_dict().items()}
     torch.save({"captioning": checkpoint_metadata(config, tokenizer), "state_dict": state}, path)
     return path
@@ -57,3 +60,17 @@ def test_architecture_settings_that_the_checkpoint_replaces_are_named(tmp_path, 
     result = run_cli(*tiny_args("test", shapes_root, tmp_path, f"--ckpt_path={checkpoint}", "--model.dim=48"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"warning: {checkpoint} brings its architecture: model.dim 32 (not 48)" in result.stderr.splitlines()
+
+
+def test_a_checkpoint_with_fewer_caption_positions_trains_on_data_set_for_more(tmp_path, shapes_root, one_thread):
+    """Outside the CLI (which links data.max_length to the model's), the data still follows the model's position
+    table: captions encoded for 20 positions would index past a table of 8 (on a GPU, a device-side assert)."""
+    path = saved(tmp_path / "short.ckpt", ["a red circle above a blue square in the top left"], max_length=8)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    data = tiny_data(shapes_root, max_length=20)
+    module = CaptioningModule(**TINY_MODEL, init_from=str(path))
+    trainer.fit(module, data)
+    assert trainer.global_step == 2 and module.model.config.max_length == 8 and data.hparams.max_length == 8

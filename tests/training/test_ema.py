@@ -8,8 +8,10 @@ import torch
 
 from captioning import Captioner
 from captioning.checkpoint import load_checkpoint
+from captioning.training.ema import WeightAverage
 from captioning.training.module import CaptioningModule
 from tests.conftest import TINY_MODEL, tiny_data
+from tests.training.audit import OpCounter
 
 MODEL = {**TINY_MODEL, "encoder": "test_resnet", "dropout": 0.0, "warmup_steps": 1, "ema_decay": 0.9}
 
@@ -90,3 +92,16 @@ def test_a_run_started_from_a_checkpoint_averages_from_the_weights_it_starts_fro
     assert first.state["updates"].item() == 0
     for key, value in start.items():
         torch.testing.assert_close(first.state[f"model.{key}"], value)
+
+
+def test_an_update_reads_nothing_back_and_moves_each_weight_its_share_of_the_way():
+    model = torch.nn.Linear(4, 3)
+    average = WeightAverage(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = average.model.weight.clone()
+    with OpCounter() as counter:
+        average.update(model)
+    assert counter.syncs == 0  # a tensor weight for foreach lerp would be read back with .item() at every step
+    decay = 2 / 11  # the first update's warm-up decay, (1 + n) / (10 + n), below 0.5
+    torch.testing.assert_close(average.model.weight, decay * before + (1 - decay) * model.weight)

@@ -8,10 +8,13 @@ import copy
 
 import pytest
 import torch
+from lightning import Trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from captioning.errors import TrainingDiverged
+from captioning.training.module import CaptioningModule
 from captioning.training.nonfinite import NonFiniteGuard
+from tests.conftest import TINY_MODEL, tiny_data
 from tests.training.audit import OpCounter
 
 
@@ -175,3 +178,15 @@ def test_an_unfused_optimizer_gets_the_verdict_on_the_host_and_its_gradients_dro
     assert all(p.grad is None for p in model.parameters())
     model(torch.randn(4, 8)).sum().backward()
     assert guard.check(optimizer) is False
+
+
+def test_a_float64_run_takes_its_fused_steps(shapes_root, one_thread):
+    """The guard's flag goes to the fused kernel as float32, which it reads whatever the parameters' precision."""
+    module = CaptioningModule(**TINY_MODEL, warmup_steps=1)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=2, limit_val_batches=0, precision="64-true", gradient_clip_val=1.0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, tiny_data(shapes_root))
+    assert trainer.global_step == 2 and module.nonfinite.skipped == 0
+    assert next(module.model.parameters()).dtype == torch.float64

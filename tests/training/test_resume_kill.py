@@ -54,7 +54,6 @@ def fit_args(data: Path, run_dir: Path, record: Path, *extra: str) -> list[str]:
         run_dir,
         f"--data.batch_size={BATCH_SIZE}",
         f"--trainer.max_epochs={EPOCHS}",
-        "--model.dropout=0.0",  # with 5 captions each, K=5 only reorders them: the resumed run can match step by step
         "--model.warmup_steps=5",
         "--test_after_fit=false",
         f"--last_checkpoint.every_n_train_steps={INTERVAL}",
@@ -111,8 +110,8 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninter
     records = read_records(record)
     after_kill = records[len(killed_steps) :]
     assert [r["step"] for r in after_kill] == list(range(saved_step + 1, EPOCHS * STEPS_PER_EPOCH + 1))
-    # The same batches in the same places, the same schedule and optimizer counts, the same losses (up to the order
-    # in which the K captions of an image are summed).
+    # The same batches in the same places, the same schedule and optimizer counts, the same losses: dropout and the
+    # captions' order are drawn by seed, epoch and batch or image, not from the state the killed process was in.
     expected = read_records(reference_record)
     continued = records[:saved_step] + after_kill
     assert len(continued) == len(expected) == EPOCHS * STEPS_PER_EPOCH
@@ -120,7 +119,7 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninter
         for key in ("step", "epoch", "batch_idx", "image_ids", "schedule_step", "optimizer_step"):
             assert got[key] == want[key], (key, got, want)
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-9), got["step"]
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-3), got["step"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), got["step"]
 
     # the curve has no step twice
     assert logged_training_steps(tmp_path / "run") == logged_training_steps(tmp_path / "reference")
