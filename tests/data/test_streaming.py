@@ -11,7 +11,7 @@ import torch
 from captioning.data.coco import ImageRecord, load_coco_captions
 from captioning.data.datamodule import CaptionDataset
 from captioning.data.shapes import annotation_path
-from captioning.data.streaming import CaptionStreamingDataset, PackRecord, load_packed_records
+from captioning.data.streaming import CaptionStreamingDataset, PackRecord, load_packed_records, streaming_loader
 from captioning.data.transforms import build_transform
 from tests.conftest import TINY_MODEL, TINY_SPLITS, last_validation_cider, run_cli, start_cli
 from tests.data.conftest import fit_args
@@ -126,3 +126,25 @@ def test_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterru
     print(f"\nfinal val CIDEr-D on the packed split: resumed {cider:.4f}, uninterrupted {reference_cider:.4f}")
     assert reference_cider > 0
     assert abs(cider - reference_cider) <= 0.02 * reference_cider
+
+
+def _items(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+def test_a_streamed_image_is_cropped_by_seed_epoch_and_image_whatever_the_workers(packed, one_thread):
+    transform = build_transform(TINY_MODEL["encoder"], TINY_MODEL["image_size"], train=True, augment=True)
+
+    def epoch(num_workers: int, epochs: int = 1) -> dict:
+        dataset = CaptionStreamingDataset(str(packed / "train"), transform, shuffle=True, drop_last=True, seed=3)
+        loader = streaming_loader(dataset, 8, _items, num_workers, train=True)
+        for _ in range(epochs):  # the last epoch's items
+            items = {item["image_id"]: item for batch in loader for item in batch}
+        return items
+
+    alone, with_workers = epoch(0), epoch(2)
+    assert alone.keys() == with_workers.keys() and len(alone) == TINY_SPLITS["train"]
+    for image_id, item in alone.items():
+        assert torch.equal(item["image"], with_workers[image_id]["image"]) and item["seed"] is not None
+    second = epoch(0, epochs=2)
+    assert sum(not torch.equal(item["image"], second[i]["image"]) for i, item in alone.items()) > len(alone) // 2
