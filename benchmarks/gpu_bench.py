@@ -125,7 +125,7 @@ def train_step(model: CaptioningModel, optimizer: torch.optim.Optimizer, device:
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # the benchmarked one, not the current one
 
 
 def bf16_matmul_tflops(device: str, seconds: float = 1.0) -> float:

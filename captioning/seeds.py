@@ -1,9 +1,10 @@
 """Random draws keyed by where they happen, so that a run's randomness does not depend on its history.
 
 A training step's dropout (and SCST's sampling) draws from torch's generators seeded by the run's seed, the epoch, the
-batch and the process; an image's crop and the captions picked for it by the run's seed, the epoch and the image. A
-run killed and resumed from a checkpoint therefore draws exactly what the uninterrupted run drew, whatever the loader
-workers or a validation in between consumed, and the number of loader workers changes nothing.
+batch and the process (in runs with a seed, `seed_everything`); an image's crop and the captions picked for it by the
+run's seed (else 0, like the sampler's order), the epoch and the image. A run killed and resumed from a checkpoint
+therefore draws exactly what the uninterrupted run drew, whatever a validation or the loader workers consumed in
+between, and on image folders the number of loader workers changes nothing (LitData deals its batches by worker).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def default_seed() -> int:
 
 
 def derived_seed(*keys: int) -> int:
-    """A seed in [0, 2^63) for the draws at `keys` (e.g. run seed, epoch, image), the same in every process; nearby
-    keys give unrelated seeds."""
+    """A seed for the draws at `keys` (e.g. run seed, epoch, image), the same in every process; nearby keys give
+    unrelated seeds. In [0, 2^63), of which torch's CPU generator reads the low 32 bits."""
     digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
@@ -44,7 +45,9 @@ def seeded_torch(seed: int | None) -> Iterator[None]:
 
 
 def seed_generators(seed: int, device: torch.device) -> None:
-    """Seeds torch's CPU generator and that of `device` (CUDA, MPS, XPU: the current one), which dropout reads."""
+    """Seeds torch's CPU generator and that of `device` (CUDA, MPS, XPU: the current one, which Lightning sets to the
+    process's), which dropout reads."""
     torch.default_generator.manual_seed(seed)
-    if device.type != "cpu":
-        getattr(torch, device.type).manual_seed(seed)
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(backend, "manual_seed"):
+        backend.manual_seed(seed)

@@ -73,7 +73,7 @@ class CaptionDataset(Dataset):
         return (self[index] for index in range(len(self)))  # the images as they are, each once
 
     def __getitem__(self, key: int | Draw) -> dict:
-        index, seed = key if isinstance(key, Draw) else (key, None)
+        index, seed = Draw.split(key)
         view, position = divmod(index, len(self.records))
         if not 0 <= view <= HORIZONTAL | VERTICAL:
             raise IndexError(f"index {index} is outside the {len(self.records)} images and their mirrored views")

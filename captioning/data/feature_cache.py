@@ -179,7 +179,7 @@ def _fill(folder: Path, images: Dataset, encoder: nn.Module, batch_size: int, nu
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
-        generator=torch.Generator(),  # its own: the training shuffle draws from the global one, as without a cache
+        generator=torch.Generator(),  # its own: the global one is the training's (see seeds)
         pin_memory=device.type == "cuda",
     )
     features, image_ids, missing, row = None, [], [], 0
@@ -242,7 +242,7 @@ class FeatureDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, key: int | Draw) -> dict:
-        index, seed = key if isinstance(key, Draw) else (key, None)  # the seed picks the captions (TrainCollate)
+        index, seed = Draw.split(key)  # the seed picks the captions (TrainCollate)
         record = self.records[index]
         features = self.cache.get(record.image_id)
         return {"features": features, "image_id": record.image_id, "captions": record.captions, "seed": seed}

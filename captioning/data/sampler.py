@@ -28,6 +28,11 @@ class Draw(NamedTuple):
     index: int
     seed: int
 
+    @staticmethod
+    def split(key: int | Draw) -> tuple[int, int | None]:
+        """A dataset key -> (index, seed of its draws), the seed None for a bare index (evaluation)."""
+        return (key.index, key.seed) if isinstance(key, Draw) else (key, None)
+
 
 class ResumableSampler(DistributedSampler):
     """One seeded permutation of the dataset per epoch, this process's strided shard of it, from a resume point.
@@ -74,7 +79,7 @@ class ResumableSampler(DistributedSampler):
             self.consumed = 0  # a new epoch starts at its beginning; the same one (a resume) keeps its position
         super().set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | Draw]:
         # A finished epoch that is iterated again (no set_epoch in between) starts over, as a DataLoader would.
         self.consumed = self.consumed if self.consumed < self.num_samples else 0
         indices = itertools.islice(super().__iter__(), self.consumed, None)

@@ -105,8 +105,10 @@ class CaptionStreamingDataset(StreamingDataset):
     def __getitem__(self, index) -> dict:
         sample = super().__getitem__(index)
         image_id = json.loads(sample["image_id"])
-        # the crop and the captions' pick keyed by seed, epoch and item, as on the folder path (see seeds)
-        seed = derived_seed(self.seed, self.current_epoch, int(getattr(index, "index", index)))
+        # training's crop and captions' pick keyed by seed, epoch and item, as on the folder path (see seeds)
+        seed = (
+            derived_seed(self.seed, self.current_epoch, int(getattr(index, "index", index))) if self.shuffle else None
+        )
         try:
             image = decode_image(sample["image"])
             with seeded_torch(seed):
@@ -126,7 +128,9 @@ class CaptionStreamingLoader(StreamingDataLoader):
     """
 
     def __iter__(self):
-        if self.restore and self.state_dict()["num_samples_yielded"] >= len(self.dataset):
+        # the count that `state_dict()` reports, read directly: calling it here would write the fresh dataset's epoch
+        # over the restored one's, and a run resumed in its second epoch would replay the first one's order
+        if self.restore and self._num_samples_yielded_streaming >= len(self.dataset):
             self.restore = False  # the resumed epoch has been drawn to its end: the next one starts afresh
         yield from super().__iter__()
 

@@ -47,7 +47,7 @@ def test_crops_and_caption_picks_do_not_depend_on_the_loader_workers(shapes_root
     loader.sampler.set_epoch(3)
     again = {b["image_ids"][i]: b["images"][i] for b in batches(loader) for i in range(len(b["image_ids"]))}
     first = {b["image_ids"][i]: b["images"][i] for b in alone for i in range(len(b["image_ids"]))}
-    assert sum(not torch.equal(again[k], first[k]) for k in first) > len(first) // 2
+    assert all(not torch.equal(again[k], first[k]) for k in first)  # each crop keyed by epoch, not only its mirror
 
 
 def test_a_loader_restored_mid_epoch_hands_out_what_the_uninterrupted_one_would(shapes_root, monkeypatch):

@@ -79,53 +79,56 @@ def test_two_processes_see_every_training_image_exactly_once_per_epoch(tmp_path,
 
 
 EPOCHS, KILL_BATCH = 3, 8  # 36 steps at a higher learning rate: enough for the tiny model to score
+KILL_AT = 15  # the third batch of the second epoch (12 batches an epoch)
 
 
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterrupted_one(tmp_path, packed):
     seen, reference_seen = tmp_path / "seen", tmp_path / "reference-seen"
-    every_2 = "--last_checkpoint.every_n_train_steps=2"  # last.ckpt at steps 2, 4, ...: killed at 3, it holds step 2
-    # No dropout, so that the resumed run can match the uninterrupted one step by step.
-    recipe = ["--model.dropout=0.0", "--model.warmup_steps=5", f"--trainer.max_epochs={EPOCHS}"]
+    every_2 = "--last_checkpoint.every_n_train_steps=2"  # last.ckpt at steps 2, 4, ...: killed at 15, it holds 14
+    recipe = ["--model.warmup_steps=5", f"--trainer.max_epochs={EPOCHS}"]
     recipe += [f"--data.batch_size={KILL_BATCH}", "--model.optimizer.init_args.lr=0.005"]
     reference_args = fit_args(packed, tmp_path / "reference", reference_seen, every_2, *recipe)
     reference = start_cli(*reference_args, log=tmp_path / "reference.log")  # beside the killed run, on the other core
-    killed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, *recipe, kill_after_step=3))
+    killed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, *recipe, kill_after_step=KILL_AT))
     assert killed.returncode == -9, killed.stderr[-3000:]
     before = read_batches(seen)
-    assert [b["step"] for b in before] == [1, 2, 3]
+    assert [b["step"] for b in before] == list(range(1, KILL_AT + 1))
     (version,) = (tmp_path / "runs" / "shapes").iterdir()
     last = version / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    saved = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert saved == KILL_AT - 1 and before[saved]["epoch"] == 1  # mid-way through the second epoch
 
     (seen / "rank0.jsonl").rename(tmp_path / "killed.jsonl")
     resumed = run_cli(*fit_args(packed, tmp_path / "runs", seen, every_2, *recipe, f"--ckpt_path={last}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_batches(seen)
     steps = EPOCHS * TINY_SPLITS["train"] // KILL_BATCH
-    assert [b["step"] for b in after] == list(range(3, steps + 1))  # the global step goes on from the checkpoint's
-    assert after[0]["lr"] == before[2]["lr"]  # the learning-rate schedule goes on without a jump
-    assert after[0]["ids"] == before[2]["ids"]  # the first batch after the checkpoint, in the same order
+    assert [b["step"] for b in after] == list(
+        range(saved + 1, steps + 1)
+    )  # the global step goes on from the checkpoint's
+    assert after[0]["lr"] == before[saved]["lr"]  # the learning-rate schedule goes on without a jump
+    assert after[0]["ids"] == before[saved]["ids"]  # the first batch after the checkpoint, in the same order
     all_ids = sorted(r.image_id for r in load_packed_records(str(packed / "train")))
-    first_epoch = [i for b in before[:2] + after if b["epoch"] == 0 for i in b["ids"]]
-    assert sorted(first_epoch) == all_ids  # the checkpointed batches and the remaining ones: each image once
-    for epoch in range(1, EPOCHS):
-        assert sorted(i for b in after if b["epoch"] == epoch for i in b["ids"]) == all_ids
+    continued = before[:saved] + after
+    for epoch in range(EPOCHS):  # the checkpointed batches and the remaining ones: each image once per epoch
+        assert sorted(i for b in continued if b["epoch"] == epoch for i in b["ids"]) == all_ids
     end = torch.load(last, map_location="cpu", weights_only=True)  # the resumed run goes on in the same folder
     optimizer_steps = {int(s["step"]) for s in end["optimizer_states"][0]["state"].values()}
     assert end["global_step"] == steps and optimizer_steps == {steps}  # the optimizer's state was restored, not renewed
 
-    # The same batches, learning rates and losses as a run that was never killed, and the same final score.
+    # The same batches, learning rates and losses (dropout on, see seeds) as a run that was never killed, and the
+    # same final score.
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     expected = read_batches(reference_seen)
-    for got, want in zip(before[:2] + after, expected, strict=True):
+    for got, want in zip(continued, expected, strict=True):
         assert (got["step"], got["epoch"], got["ids"]) == (want["step"], want["epoch"], want["ids"])
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-9), got["step"]
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-3), got["step"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), got["step"]
     cider, reference_cider = last_validation_cider(tmp_path / "runs"), last_validation_cider(tmp_path / "reference")
     print(f"\nfinal val CIDEr-D on the packed split: resumed {cider:.4f}, uninterrupted {reference_cider:.4f}")
     assert reference_cider > 0
-    assert abs(cider - reference_cider) <= 0.02 * reference_cider
+    assert cider == pytest.approx(reference_cider, rel=1e-6)
 
 
 def _items(batch: list[dict]) -> list[dict]:
@@ -147,4 +150,4 @@ def test_a_streamed_image_is_cropped_by_seed_epoch_and_image_whatever_the_worker
     for image_id, item in alone.items():
         assert torch.equal(item["image"], with_workers[image_id]["image"]) and item["seed"] is not None
     second = epoch(0, epochs=2)
-    assert sum(not torch.equal(item["image"], second[i]["image"]) for i, item in alone.items()) > len(alone) // 2
+    assert all(not torch.equal(item["image"], second[i]["image"]) for i, item in alone.items())
