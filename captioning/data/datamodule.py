@@ -29,7 +29,7 @@ from captioning.data.parquet import load_parquet_records
 from captioning.data.sampler import Draw, ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_checks import ShapesCaptionChecks
-from captioning.data.transforms import build_transform, data_config, load_image
+from captioning.data.transforms import build_transform, data_config, draws_randomly, load_image
 from captioning.errors import UserError, UserNotice
 from captioning.metrics.words import ENGLISH, check_language
 from captioning.seeds import default_seed, seeded_torch
@@ -85,7 +85,7 @@ class CaptionDataset(Dataset):
                 (record.path, None) if record.data is None else (record.data, f"{record.path} [{record.image_id}]")
             )
             image = load_image(source, size=getattr(self.transform, "decode_size", None), name=name)
-            with seeded_torch(seed):
+            with seeded_torch(seed if draws_randomly(self.transform) else None):
                 image = self.transform(image)
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", UserNotice, stacklevel=2)

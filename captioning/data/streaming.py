@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from captioning.data.coco import ImageRecord, read_json
-from captioning.data.transforms import load_image
+from captioning.data.transforms import draws_randomly, load_image
 from captioning.errors import UserError, UserNotice, first_line
 from captioning.seeds import derived_seed, seeded_torch
 
@@ -111,7 +111,7 @@ class CaptionStreamingDataset(StreamingDataset):
         )
         try:
             image = decode_image(sample["image"])
-            with seeded_torch(seed):
+            with seeded_torch(seed if draws_randomly(self.image_transform) else None):
                 image = self.image_transform(image)
         except OSError as error:
             warnings.warn(f"skipping unreadable image {image_id}: {error}", UserNotice, stacklevel=2)

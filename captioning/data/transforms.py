@@ -79,6 +79,12 @@ class ImageTransform:
         return f"ImageTransform(size={self.size}, mode={self.mode}, crop={self.crop}{uint8})"
 
 
+def draws_randomly(transform) -> bool:
+    """Whether `transform` draws random numbers (a training crop): only then is torch's generator seeded for it, which
+    costs about a tenth of a small image's loading. torchvision's own pipelines are taken to draw."""
+    return getattr(transform, "crop", True)
+
+
 def build_transform(
     encoder: str, image_size: int | None = None, train: bool = False, augment: bool = False, uint8: bool = False
 ):
