@@ -105,10 +105,9 @@ class CaptionStreamingDataset(StreamingDataset):
     def __getitem__(self, index) -> dict:
         sample = super().__getitem__(index)
         image_id = json.loads(sample["image_id"])
-        # training's crop and captions' pick keyed by seed, epoch and item, as on the folder path (see seeds)
-        seed = (
-            derived_seed(self.seed, self.current_epoch, int(getattr(index, "index", index))) if self.shuffle else None
-        )
+        item = int(getattr(index, "index", index))  # LitData's ChunkedIndex, or an int
+        # training's crop and captions' pick, keyed by seed, epoch and item as on the folder path (see seeds)
+        seed = derived_seed(self.seed, self.current_epoch, item) if self.shuffle else None
         try:
             image = decode_image(sample["image"])
             with seeded_torch(seed if draws_randomly(self.image_transform) else None):
