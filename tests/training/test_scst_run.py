@@ -40,11 +40,14 @@ def test_init_from_loads_the_weights_and_architecture_but_not_the_optimizer(
     assert {"scst/reward_time_share", "val/CIDEr"} <= logged
 
 
-def test_scst_trains_under_ddp_with_two_processes(tmp_path, shapes_root, checkpoint):
+def test_scst_trains_under_ddp_with_two_processes_on_the_first_ones_feature_cache(tmp_path, shapes_root, checkpoint):
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=1"]
     args = tiny_args("fit", shapes_root, tmp_path, f"--model.init_from={checkpoint}", "--model.scst=true", *ddp)
+    # the first process fills the cache while the second waits for its key (on the long-timeout group)
+    args += ["--model.freeze_encoder=true", f"--data.feature_cache={tmp_path / 'features'}"]
     result = run_cli(*args, "--model.scst_samples=3", "--test_after_fit=false")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "features" / "train" / "features.npy").is_file()
     (version,) = (tmp_path / "shapes").iterdir()
     end = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     start = torch.load(checkpoint, map_location="cpu", weights_only=True)
