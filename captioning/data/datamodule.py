@@ -29,10 +29,10 @@ from captioning.data.parquet import load_parquet_records
 from captioning.data.sampler import Draw, ResumableDataLoader, ResumableSampler
 from captioning.data.shapes import annotation_path
 from captioning.data.shapes_checks import ShapesCaptionChecks
-from captioning.data.transforms import build_transform, data_config, draws_randomly, load_image
+from captioning.data.transforms import apply_transform, build_transform, data_config, load_image
 from captioning.errors import UserError, UserNotice
 from captioning.metrics.words import ENGLISH, check_language
-from captioning.seeds import default_seed, seeded_torch
+from captioning.seeds import default_seed
 from captioning.text.packing import pack_captions
 from captioning.text.position_words import swap_left_right, swap_up_down
 from captioning.text.tokenizer import CaptionTokenizer
@@ -85,8 +85,7 @@ class CaptionDataset(Dataset):
                 (record.path, None) if record.data is None else (record.data, f"{record.path} [{record.image_id}]")
             )
             image = load_image(source, size=getattr(self.transform, "decode_size", None), name=name)
-            with seeded_torch(seed if draws_randomly(self.transform) else None):
-                image = self.transform(image)
+            image = apply_transform(self.transform, image, seed)
         except OSError as error:
             warnings.warn(f"skipping unreadable image: {error}", UserNotice, stacklevel=2)
             image = None

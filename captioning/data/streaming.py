@@ -22,9 +22,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from captioning.data.coco import ImageRecord, read_json
-from captioning.data.transforms import draws_randomly, load_image
+from captioning.data.transforms import apply_transform, load_image
 from captioning.errors import UserError, UserNotice, first_line
-from captioning.seeds import derived_seed, seeded_torch
+from captioning.seeds import derived_seed
 
 CAPTIONS_FILE = "captions.json"  # the split's references, COCO captions format
 MANIFEST_FILE = "manifest.json"  # how the split was packed: image size, count, source
@@ -109,9 +109,7 @@ class CaptionStreamingDataset(StreamingDataset):
         # training's crop and captions' pick, keyed by seed, epoch and item as on the folder path (see seeds)
         seed = derived_seed(self.seed, self.current_epoch, item) if self.shuffle else None
         try:
-            image = decode_image(sample["image"])
-            with seeded_torch(seed if draws_randomly(self.image_transform) else None):
-                image = self.image_transform(image)
+            image = apply_transform(self.image_transform, decode_image(sample["image"]), seed)
         except OSError as error:
             warnings.warn(f"skipping unreadable image {image_id}: {error}", UserNotice, stacklevel=2)
             image = None

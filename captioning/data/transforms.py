@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision import transforms as T
 
 from captioning.images import draft, load_image, to_rgb  # noqa: F401  (here since before they moved, torch-free)
+from captioning.seeds import seeded_torch
 from captioning.timm_names import check_model_name
 
 CROP_SCALE = (0.6, 1.0)  # training crops keep most of the picture: a caption may name anything in it
@@ -79,10 +80,12 @@ class ImageTransform:
         return f"ImageTransform(size={self.size}, mode={self.mode}, crop={self.crop}{uint8})"
 
 
-def draws_randomly(transform) -> bool:
-    """Whether `transform` draws random numbers (a training crop): only then is torch's generator seeded for it, which
-    costs about a tenth of a small image's loading. torchvision's own pipelines are taken to draw."""
-    return getattr(transform, "crop", True)
+def apply_transform(transform, image: Image.Image, seed: int | None) -> Tensor:
+    """`transform(image)`, with its random draws (a training crop) from torch's generator seeded by `seed` (see
+    `captioning.seeds`). A transform without a crop runs unseeded: seeding costs about a tenth of a small image's
+    loading. torchvision's own pipelines are taken to draw."""
+    with seeded_torch(seed if getattr(transform, "crop", True) else None):
+        return transform(image)
 
 
 def build_transform(
