@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=10_000, help="about a COCO word vocabulary")
     parser.add_argument("--max-length", type=int, default=24, help="caption positions, end token included")
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; each method's best is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; each method's best is kept")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-hf", action="store_true", help="measure ours only")
@@ -266,10 +266,11 @@ def matmul_peak(device: str, n: int = 2048, seconds: float = 3.0) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> dict[str, float]:
-    """Best seconds per step of each method, and the update's seconds in that best round; rounds run every method in
-    turn, so that all of them meet the same machine load."""
+def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> tuple[dict, ...]:
+    """Best seconds per step of each method, the update's seconds in that best round, the best CPU seconds, and every
+    round's seconds; rounds run every method in turn, so that all of them meet the same machine load."""
     best = dict.fromkeys(steps, float("inf"))
+    rounds: dict[str, list[float]] = {key: [] for key in steps}
     update_seconds = dict.fromkeys(steps, 0.0)
     cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
     for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
@@ -283,10 +284,11 @@ def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - started) / args.steps
+            rounds[key].append(seconds)
             cpu[key] = min(cpu[key], (time.process_time() - cpu_started) / args.steps)
             if seconds < best[key]:
                 best[key], update_seconds[key] = seconds, CLOCK.seconds[key] / args.steps
-    return best, update_seconds, cpu
+    return best, update_seconds, cpu, rounds
 
 
 def main() -> None:
@@ -338,7 +340,7 @@ def main() -> None:
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in params.items()))
     flops = {key: step_flops(step, batches[0]) for key, step in steps.items()}
     peak = matmul_peak(args.device)
-    seconds, update_seconds, cpu = measure(steps, batches, args)
+    seconds, update_seconds, cpu, rounds = measure(steps, batches, args)
     peak = max(peak, matmul_peak(args.device))  # before and after: the machine's load may change in between
     print(f"fp32 matmul peak (2048^3): {peak:.0f} GFLOP/s")
     for key, step_seconds in seconds.items():
@@ -357,6 +359,11 @@ def main() -> None:
     print(f"ratio (a)/(b) = {speed['a'] / speed['b']:.2f}x   (fixed shapes against the head at real positions)")
     if "c" in speed:
         print(f"ratio (a)/(c) = {speed['a'] / speed['c']:.2f}x   (a)/(d) = {speed['a'] / speed['d']:.2f}x")
+        paired = {key: sorted(c / a for a, c in zip(rounds["a"], rounds[key], strict=True)) for key in "cd"}
+        print(
+            "paired within each round (robust to the machine's speed drifting between rounds), median (range): "
+            + "   ".join(f"(a)/({key}) = {r[len(r) // 2]:.2f}x ({r[0]:.2f}-{r[-1]:.2f})" for key, r in paired.items())
+        )
         model_only = {key: s - update_seconds[key] for key, s in seconds.items()}  # forward and backward only
         print(
             f"without the update: (a)/(c) = {model_only['c'] / model_only['a']:.2f}x   "
