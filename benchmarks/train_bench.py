@@ -18,7 +18,7 @@ Eager, each side's image encoder is also timed alone (forward and backward), and
 (c) and (d) are skipped with a note when transformers is not installed. FLOPs of one step (forward and backward) are
 counted with torch.utils.flop_counter.FlopCounterMode; the fp32 matmul peak is a large matmul in the same process.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 3] [--device cpu]
+    HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
