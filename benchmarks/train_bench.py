@@ -17,6 +17,8 @@ With `--compile`, each model is torch.compile'd (ours with `compile_parts`, HF's
 Eager, each side's image encoder is also timed alone (forward and backward), and (a) against (d) without it.
 (c) and (d) are skipped with a note when transformers is not installed. FLOPs of one step (forward and backward) are
 counted with torch.utils.flop_counter.FlopCounterMode; the fp32 matmul peak is a large matmul in the same process.
+Each round runs every method in turn: the ratios come from each method's best round, and also paired within each round
+(median and range), which a machine whose speed drifts between rounds disturbs less.
 
     HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 5] [--device cpu]
 """
