@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"  # found from any working directory
+sys.path.insert(0, str(ROOT))
 from captioning.data.shapes import write_splits  # noqa: E402
 from captioning.metrics.cider import CiderD  # noqa: E402
 from captioning.metrics.tokenize import ptb_tokenize, tokenize_lines  # noqa: E402
@@ -197,13 +199,13 @@ def main() -> None:
         "--data.images", json.dumps({s: str(args.out / s) for s in splits}),
         "--seed_everything", str(args.seed), "--trainer.logger.init_args.save_dir", str(args.out / "runs"),
     ]  # fmt: skip
-    xe = ["fit", "--config", "configs/shapes_hard.yaml", *data, "--trainer.logger.init_args.name", "xe"]
+    xe = ["fit", "--config", str(CONFIGS / "shapes_hard.yaml"), *data, "--trainer.logger.init_args.name", "xe"]
     print("XE:  ", shlex.join(["captioning", *xe]))
     if not args.run:
         return
     subprocess.run([sys.executable, "-m", "captioning", *xe], check=True)
     xe_run = sorted((args.out / "runs" / "xe").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
-    scst = ["fit", "--config", "configs/shapes_hard_scst.yaml", *data, "--trainer.logger.init_args.name", "scst"]
+    scst = ["fit", "--config", str(CONFIGS / "shapes_hard_scst.yaml"), *data, "--trainer.logger.init_args.name", "scst"]
     scst += ["--model.init_from", str(xe_run / "checkpoints" / "best.ckpt")]
     scst += ["--data.feature_cache", str(args.out / "runs" / "scst_features")]  # the tokens of this XE run's encoder
     print("SCST:", shlex.join(["captioning", *scst]))
