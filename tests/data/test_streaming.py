@@ -104,9 +104,8 @@ def test_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterru
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = read_batches(seen)
     steps = EPOCHS * TINY_SPLITS["train"] // KILL_BATCH
-    assert [b["step"] for b in after] == list(
-        range(saved + 1, steps + 1)
-    )  # the global step goes on from the checkpoint's
+    # the global step goes on from the checkpoint's
+    assert [b["step"] for b in after] == list(range(saved + 1, steps + 1))
     assert after[0]["lr"] == before[saved]["lr"]  # the learning-rate schedule goes on without a jump
     assert after[0]["ids"] == before[saved]["ids"]  # the first batch after the checkpoint, in the same order
     all_ids = sorted(r.image_id for r in load_packed_records(str(packed / "train")))
@@ -131,16 +130,12 @@ def test_run_killed_mid_epoch_resumes_at_the_next_batch_and_ends_as_an_uninterru
     assert cider == pytest.approx(reference_cider, rel=1e-6)
 
 
-def _items(batch: list[dict]) -> list[dict]:
-    return batch
-
-
 def test_a_streamed_image_is_cropped_by_seed_epoch_and_image_whatever_the_workers(packed, one_thread):
     transform = build_transform(TINY_MODEL["encoder"], TINY_MODEL["image_size"], train=True, augment=True)
 
     def epoch(num_workers: int, epochs: int = 1) -> dict:
         dataset = CaptionStreamingDataset(str(packed / "train"), transform, shuffle=True, drop_last=True, seed=3)
-        loader = streaming_loader(dataset, 8, _items, num_workers, train=True)
+        loader = streaming_loader(dataset, 8, list, num_workers, train=True)  # batches as lists of items
         for _ in range(epochs):  # the last epoch's items
             items = {item["image_id"]: item for batch in loader for item in batch}
         return items
