@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from filelock import FileLock
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a missing pretrained weight must fail at once, not retry for a minute
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -81,6 +86,34 @@ def tiny_data(shapes_root: Path, **overrides):
     return CaptionDataModule(**{**settings, **overrides})
 
 
+T = TypeVar("T")
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], T]) -> T:
+    """What `build(folder)` returns, built once per test session and not once per pytest-xdist worker: the workers
+    share the folder above their own temporary folders, the first to ask builds while the others wait on a lock, and
+    all get the same result (the trained models of the session take a minute or more each)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, result = shared / name, shared / f"{name}.pickle"
+    with FileLock(shared / f"{name}.lock"):
+        if not result.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed here left half-built
+            folder.mkdir()
+            result.write_bytes(pickle.dumps(build(folder)))
+        return pickle.loads(result.read_bytes())
+
+
+# The longest tests first: pytest-xdist hands the tests out in this order, and a test of minutes that starts last keeps
+# the whole run waiting for it alone.
+LONGEST_FIRST = ("tests/training/test_learning.py", "tests/test_notebooks.py", "tests/test_viz.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)  # a stable sort: else in order
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found: {path}")
@@ -99,12 +132,15 @@ def shapes_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shapes_root) -> Path:
     """A run folder of the tiny model, fitted for two epochs through the CLI (and tested after fit)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_cli(*tiny_args("fit", shapes_root, run_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (version,) = (run_dir / "shapes").iterdir()
-    assert f"run folder: {version}" in result.stdout.splitlines()  # fit says where its results are
-    return version
+
+    def fit(run_dir: Path) -> Path:
+        result = run_cli(*tiny_args("fit", shapes_root, run_dir))
+        assert result.returncode == 0, result.stderr[-3000:]
+        (version,) = (run_dir / "shapes").iterdir()
+        assert f"run folder: {version}" in result.stdout.splitlines()  # fit says where its results are
+        return version
+
+    return built_once(tmp_path_factory, "run", fit)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +164,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny captioner trained directly in torch for 600 real steps on shapes (see tests.helpers)."""
     from tests.helpers import train_tiny_checkpoint
 
-    return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner")
+    return built_once(tmp_path_factory, "tiny-captioner", train_tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def viz_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs of the viz model through the CLI, 200 and 300 steps (see tests.test_viz)."""
+    from tests.test_viz import train_viz_runs
+
+    return built_once(tmp_path_factory, "viz-runs", train_viz_runs)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
-from tests.test_viz import train_viz_runs
 
 NOTEBOOKS = {"explore_results.ipynb": "CAPTIONING_RUN", "cross_attention.ipynb": "CAPTIONING_CHECKPOINT"}
 
@@ -47,8 +46,8 @@ def test_notebooks_are_committed_without_outputs_and_take_their_run_from_a_param
 
 
 @pytest.mark.slow
-def test_both_notebooks_run_top_to_bottom_with_the_readme_command_on_trained_runs(tmp_path_factory):
-    first, second = train_viz_runs(tmp_path_factory.getbasetemp() / "viz-runs")
+def test_both_notebooks_run_top_to_bottom_with_the_readme_command_on_trained_runs(viz_runs, tmp_path_factory):
+    first, second = viz_runs
     scenes = json.loads((first.parents[2] / "shapes" / "annotations" / "captions_test.json").read_text())["images"]
     image = next(i for i in scenes if len(i["scene"]) >= 2)  # a scene of two or three shapes
 

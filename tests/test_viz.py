@@ -197,11 +197,6 @@ def test_real_captions_of_transformer_and_cnn_trunks_draw_on_a_wide_photo(encode
 
 # ------------------------------------------------------------------------------------------- a trained model
 @pytest.fixture(scope="session")
-def viz_runs(tmp_path_factory) -> tuple[Path, Path]:
-    return train_viz_runs(tmp_path_factory.getbasetemp() / "viz-runs")
-
-
-@pytest.fixture(scope="session")
 def viz_captioner(viz_runs) -> Captioner:
     return Captioner.from_checkpoint(viz_runs[1] / "checkpoints" / "last.ckpt", device="cpu")
 

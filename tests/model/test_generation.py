@@ -16,7 +16,6 @@ from captioning.inference import Captioner
 from captioning.model import CaptioningModel, ModelConfig
 from captioning.model.generation import TorchStepper, decode
 from tests.conftest import TINY_MODEL
-from tests.helpers import train_tiny_checkpoint
 
 V, BOS, PAD = 30, 1, 0
 
@@ -25,12 +24,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["random", "trained"])
-def case(request, tmp_path_factory) -> tuple[CaptioningModel, torch.Tensor, int]:
+def case(request) -> tuple[CaptioningModel, torch.Tensor, int]:
     """A model, the memory (B, M, D) of a few images, and an end token that ends captions at different steps."""
     if request.param == "trained":
-        captioner = Captioner.from_checkpoint(train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-captioner"))
+        checkpoint = request.getfixturevalue("tiny_checkpoint")
+        captioner = Captioner.from_checkpoint(checkpoint)
         assert (captioner.tokenizer.bos_id, captioner.tokenizer.pad_id) == (BOS, PAD)
-        root = tmp_path_factory.getbasetemp() / "tiny-captioner" / "shapes" / "test"
+        root = checkpoint.parent / "shapes" / "test"
         images = torch.stack([captioner.preprocess(path) for path in sorted(root.glob("*.png"))[:12]])
         with torch.no_grad():
             return captioner.model, captioner.model.encode(images), captioner.tokenizer.eos_id
