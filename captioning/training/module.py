@@ -475,7 +475,8 @@ class CaptioningModule(LightningModule):
         """Lightning calls it after mixed precision unscales the gradients and before it clips them (with the norm the
         guard takes here: `configure_gradient_clipping`). A fused optimizer skips a non-finite step on the device; the
         guard's counters are read at logging steps (`_report_nonfinite`)."""
-        if self.nonfinite.check(optimizer, self._on_any_process):  # only an unfused optimizer gets a verdict here
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None  # "16-mixed": it skips overflow
+        if self.nonfinite.check(optimizer, self._on_any_process, scaled):  # only an unfused optimizer gets a verdict
             self._report_nonfinite()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

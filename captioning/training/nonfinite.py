@@ -70,7 +70,10 @@ class NonFiniteGuard:
         self._losses.append(loss)
 
     def check(
-        self, optimizer: torch.optim.Optimizer, any_process: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        any_process: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scaled: bool = False,
     ) -> bool | None:
         """Flags this step for skipping when a loss or gradient was non-finite on any process.
 
@@ -81,13 +84,18 @@ class NonFiniteGuard:
         Args:
             any_process: reduces a () float 0/1 flag with max over all processes (in place or not), so that every
                 process skips the same steps and the replicas stay equal; None for one process.
+            scaled: the gradients passed through a `GradScaler` (float16 mixed precision), which skips the steps
+                where they overflow and lowers its scale: then only a non-finite loss counts, or the scaler's search
+                for its scale (an overflow at each of the first steps) would read as divergence.
 
         Raises:
             TrainingDiverged: on the host path, after `limit` skipped steps in a row.
         """
         with torch.no_grad():
             self._grad_norm = gradient_norm(_gradients(optimizer))
-            found = sum(self._losses, self._grad_norm).mul(0).nan_to_num(1.0)  # () 1.0 for a NaN or inf anywhere
+            watched = self._losses if scaled else [self._grad_norm, *self._losses]
+            found = sum(watched[1:], watched[0]) if watched else self._grad_norm.new_zeros(())
+            found = found.mul(0).nan_to_num(1.0)  # () 1.0 for a NaN or inf anywhere
             found = found.float()  # as the fused kernel reads it, also in a float64 run
             self._losses = []
             if any_process is not None:

@@ -8,7 +8,8 @@ import copy
 
 import pytest
 import torch
-from lightning import Trainer
+from lightning import Callback, Trainer
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from captioning.errors import TrainingDiverged
@@ -178,6 +179,47 @@ def test_an_unfused_optimizer_gets_the_verdict_on_the_host_and_its_gradients_dro
     assert all(p.grad is None for p in model.parameters())
     model(torch.randn(4, 8)).sum().backward()
     assert guard.check(optimizer) is False
+
+
+def test_under_a_grad_scaler_an_overflowing_gradient_is_left_to_it_and_a_nan_loss_still_counts(one_thread):
+    model, optimizer = _model_and_optimizer()
+    guard = NonFiniteGuard(limit=3)
+    loss = model(torch.randn(4, 8)).sum() * 2.0**40  # finite, as the scaler hands it to backward
+    guard.observe_loss(loss)
+    loss.backward()
+    model[0].weight.grad[0, 0] = float("inf")  # the scaled gradient overflowed float16
+    guard.check(optimizer, scaled=True)
+    assert guard.skipped == 0  # the scaler skips that step itself
+
+    guard.observe_loss(torch.tensor(float("nan")))
+    guard.check(optimizer, scaled=True)
+    assert guard.skipped == 1
+
+
+def test_float16_mixed_precision_trains_through_its_scalers_first_overflows_with_clipping(shapes_root, one_thread):
+    """A GradScaler starting at 2^40 overflows at each of its first 22 steps while it halves its scale down to 2^18:
+    that is its search for a scale, skipped by the scaler, not 22 steps of divergence (which used to stop the run at
+    the 20-in-a-row limit). On CPU through an explicit plugin: Lightning takes "16-mixed" on GPUs only."""
+    module = CaptioningModule(**TINY_MODEL, warmup_steps=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    start = Snapshot()
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=30, limit_val_batches=0, gradient_clip_val=1.0, logger=False,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[start], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, tiny_data(shapes_root))
+    assert trainer.global_step == 30 and module.nonfinite.skipped == 0
+    assert scaler.get_scale() <= 2.0**20  # it found its range
+    after = module.model.state_dict()
+    assert any(not torch.equal(weight, after[name]) for name, weight in start.weights.items())  # the last steps trained
+
+
+class Snapshot(Callback):
+    """The model's weights when training starts."""
+
+    def on_train_start(self, trainer, module) -> None:
+        self.weights = copy.deepcopy(module.model.state_dict())
 
 
 def test_a_float64_run_takes_its_fused_steps(shapes_root, one_thread):
