@@ -55,6 +55,11 @@ def last_validation_cider(run_dir: Path) -> float:
     return float([row["val/CIDEr"] for row in metrics_rows(run_dir) if row.get("val/CIDEr")][-1])
 
 
+# Test runs score BLEU, ROUGE-L and CIDEr-D: METEOR's JVM costs 6-7 s a run. The main run (`trained_run`) and the first
+# hour's first run score everything, METEOR included, as a user's would (ALL_METRICS in `extra`).
+ALL_METRICS = "--model.test_metrics=null"
+
+
 def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     """CLI arguments for `command` (fit: a few real training steps) with the tiny model on a tiny shapes set."""
     model = [f"--model.{key}={value}" for key, value in TINY_MODEL.items()]
@@ -71,6 +76,7 @@ def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list
         "--trainer.max_epochs=2",
         "--trainer.log_every_n_steps=2",
         f"--trainer.logger.init_args.save_dir={run_dir}",
+        "--model.test_metrics=[BLEU,ROUGE_L,CIDEr]",
         *extra,
     ]
 
@@ -134,7 +140,7 @@ def trained_run(tmp_path_factory, shapes_root) -> Path:
     """A run folder of the tiny model, fitted for two epochs through the CLI (and tested after fit)."""
 
     def fit(run_dir: Path) -> Path:
-        result = run_cli(*tiny_args("fit", shapes_root, run_dir))
+        result = run_cli(*tiny_args("fit", shapes_root, run_dir, ALL_METRICS))
         assert result.returncode == 0, result.stderr[-3000:]
         (version,) = (run_dir / "shapes").iterdir()
         assert f"run folder: {version}" in result.stdout.splitlines()  # fit says where its results are

@@ -28,7 +28,7 @@ def test_fit_writes_checkpoints_predictions_and_metrics(trained_run):
     predictions = json.loads((trained_run / "predictions.json").read_text())
     assert len(predictions) == 16 and set(predictions[0]) == {"image_id", "caption"}
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "grounded_accuracy"} <= set(metrics)
+    assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "grounded_accuracy"} <= set(metrics)
     assert metrics["foil_pairs"] > 0 and 0 <= metrics["foil_accuracy"] <= 1  # the relation probe, every test
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
     assert any(row.get("val/CIDEr") for row in rows) and any(row.get("train/loss") for row in rows)
@@ -85,6 +85,7 @@ def test_fit_on_the_real_coco_mini_set(tmp_path):
         (["--model.no_such_key=3"], "no_such_key"),
         (["--trainer.max_epoch=3"], "--trainer.max_epoch=3 (did you mean --trainer.max_epochs?)"),  # no prefixes
         (["--model.encoder=resnet_5O"], "unknown timm model name 'resnet_5O'"),
+        (["--model.test_metrics=[BLEU,SPICY]"], "model.test_metrics: unknown metric 'SPICY'"),
         (
             [
                 "--data.dataset=coco",

@@ -103,7 +103,9 @@ def test_test_fails_when_an_image_could_not_be_scored_unless_allowed(tmp_path, s
     (metrics,) = (tmp_path / "strict").glob("**/metrics.json")
     assert f"results: {metrics.parent}" in result.stdout.splitlines()  # where the scores of the others are
     counts = {"images_scored": TINY_SPLITS["test"] - 1, "images_in_split": TINY_SPLITS["test"]}
-    assert json.loads(metrics.read_text()).items() >= counts.items()
+    scores = json.loads(metrics.read_text())
+    assert scores.items() >= counts.items()
+    assert "CIDEr" in scores and "METEOR" not in scores  # the test runs' `--model.test_metrics` (see tiny_args)
 
     allowed = run_cli(
         *tiny_args("test", data, tmp_path / "allowed", f"--ckpt_path={checkpoint}"), "--allow_missing_images=true"

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import run_cli, tiny_args
+from tests.conftest import ALL_METRICS, run_cli, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def resumed(tmp_path_factory, shapes_root):
     runs = tmp_path_factory.mktemp("runs")
     mask = os.umask(0o022)
     try:
-        first = run_cli(*tiny_args("fit", shapes_root, runs, "--trainer.max_epochs=1"))
+        first = run_cli(*tiny_args("fit", shapes_root, runs, "--trainer.max_epochs=1", ALL_METRICS))
         assert first.returncode == 0, first.stderr[-3000:]
         version = runs / "shapes" / "version_0"
         epoch0 = json.loads((version / "metrics.json").read_text())

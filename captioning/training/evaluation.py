@@ -75,7 +75,7 @@ class Evaluation:
 
     def end_test(self) -> None:
         captions = self._collect()
-        scores = self._scores("test", captions, None)
+        scores = self._scores("test", captions, self.module.hparams.get("test_metrics"))
         for name, value in scores.items():
             self.module.log(f"test/{name}", value)
         self.test_counts = {"images_scored": len(captions), "images_in_split": _dataset_size(self.trainer)}

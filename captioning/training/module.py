@@ -26,6 +26,7 @@ from captioning.checkpoint import checkpoint_metadata, load_checkpoint, missing_
 from captioning.data.transforms import data_config
 from captioning.decoding import DecodeSpec
 from captioning.errors import CheckpointError, TrainingDiverged, UserError, UserNotice
+from captioning.metrics.scorer import metric_families
 from captioning.model.captioner import CaptioningModel, ModelConfig
 from captioning.model.generation import decode
 from captioning.seeds import SEED_VARIABLE, default_seed, derived_seed, seed_generators
@@ -98,6 +99,8 @@ class CaptioningModule(LightningModule):
         eval_beam_size: beams for validation, test and predict captions (1: greedy decoding).
         eval_length_penalty: alpha of the beam search ranking log P / length^alpha.
         val_metrics: metric families scored during validation (CIDEr-D drives checkpointing).
+        test_metrics: metric families scored at test time; None: all of them (SPICE only where its jars are, METEOR
+            and SPICE only for English), e.g. ["BLEU", "CIDEr"] to leave out the Java metrics in a quick check.
         compile: torch.compile the encoder and the decoder blocks (worth it on GPU; on CPU it needs a C++ compiler).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.995), and validate,
             test, checkpoint and caption with it; None: the trained weights themselves.
@@ -141,6 +144,7 @@ class CaptioningModule(LightningModule):
         eval_beam_size: int = 1,
         eval_length_penalty: float = 1.0,
         val_metrics: tuple[str, ...] = ("BLEU", "CIDEr"),
+        test_metrics: tuple[str, ...] | None = None,
         ema_decay: float | None = None,
         max_nonfinite_steps: int = 20,
         compile: bool = False,
@@ -148,6 +152,11 @@ class CaptioningModule(LightningModule):
         super().__init__()
         if scst and scst_baseline == "mean" and scst_samples < 2:
             raise UserError(f"model.scst_samples must be at least 2 with the 'mean' baseline, got {scst_samples}")
+        for field, metrics in (("val_metrics", val_metrics), ("test_metrics", test_metrics)):
+            try:
+                metric_families(metrics)
+            except UserError as error:
+                raise UserError(f"model.{field}: {error}") from None
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.model: CaptioningModel | None = None

@@ -32,6 +32,7 @@ def fit_and_test(root: Path) -> dict[str, float]:
     model = CaptioningModule(
         encoder="test_resnet", image_size=SIZE, dim=128, depth=2, num_heads=4, max_length=20, warmup_steps=50,
         optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01), val_metrics=("CIDEr",),
+        test_metrics=("CIDEr",),
     )  # fmt: skip
     trainer = L.Trainer(
         max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=root,
