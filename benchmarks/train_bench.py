@@ -2,9 +2,10 @@
 
 All at one size: ViT-S/16 at 224 px, a 6-layer decoder 512 wide (8 heads, MLP 2048), a 10,000-word vocabulary,
 B images x K captions per step (real COCO photos, caption lengths of their real captions), captions padded to the
-longest of their batch, fp32. Every side updates as its trainer does: gradients clipped to norm 1.0 (our configs'
-`gradient_clip_val`; the HF Trainer's default `max_grad_norm`), then fused AdamW; ours also runs its non-finite guard,
-whose gradient norm the clipping reuses, its factor applied inside fused AdamW (see `captioning.training.nonfinite`).
+longest of their batch, fp32, dropout 0.1 in the decoders (`--dropout`). Every side updates as its trainer does:
+gradients clipped to norm 1.0 (our configs' `gradient_clip_val`; the HF Trainer's default `max_grad_norm`), then fused
+AdamW; ours also runs its non-finite guard, whose gradient norm the clipping reuses, its factor applied inside fused
+AdamW (see `captioning.training.nonfinite`).
 (a) ours as it trains: each image encoded once, its K captions packed back to back in one row per image (packed by
     the collate, on the host: see `captioning.text.packing`); the LM head and the loss at every position, padding
     left out by `ignore_index` (fixed shapes: no host sync, no graph break); label smoothing 0.1;
@@ -54,6 +55,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--captions", type=int, default=5, help="K, captions per image")
     parser.add_argument("--vocab-size", type=int, default=10_000, help="about a COCO word vocabulary")
     parser.add_argument("--max-length", type=int, default=24, help="caption positions, end token included")
+    parser.add_argument(
+        "--dropout", type=float, default=0.1,
+        help="the decoders' dropout, as each side trains: configs/coco.yaml's, and BertConfig's default (hidden and "
+        "attention); the encoders have none on both sides (timm's and ViTConfig's defaults)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="rounds; each method's best is kept")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -99,7 +105,7 @@ def make_batches(args: argparse.Namespace, count: int = 4) -> list[dict[str, tor
 
 
 def build_ours(args: argparse.Namespace) -> CaptioningModel:
-    config = ModelConfig(vocab_size=args.vocab_size, max_length=args.max_length, dropout=0.0, **SIZE)
+    config = ModelConfig(vocab_size=args.vocab_size, max_length=args.max_length, dropout=args.dropout, **SIZE)
     torch.manual_seed(0)
     return CaptioningModel(config).to(args.device).train()
 
@@ -175,8 +181,8 @@ def build_hf(args: argparse.Namespace):
         max_position_embeddings=args.max_length + 1,
         is_decoder=True,
         add_cross_attention=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout,
         pad_token_id=PAD,
         bos_token_id=BOS,
         eos_token_id=EOS,
@@ -336,7 +342,8 @@ def main() -> None:
     print(
         f"{B} images x {K} captions per step, vocabulary {args.vocab_size}, caption positions real: "
         f"{real / padded:.0%} padded per caption (HF), {real / packed:.0%} packed per image (ours)\n"
-        f"{args.device}, {torch.get_num_threads()} threads, fp32, {'compiled' if args.compile else 'eager'}, "
+        f"{args.device}, {torch.get_num_threads()} threads, fp32, decoder dropout {args.dropout}, "
+        f"{'compiled' if args.compile else 'eager'}, "
         f"torch {torch.__version__}"
     )
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in params.items()))
