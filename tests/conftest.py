@@ -57,6 +57,7 @@ def last_validation_cider(run_dir: Path) -> float:
 
 # Test runs score BLEU, ROUGE-L and CIDEr-D: METEOR's JVM costs 6-7 s a run. The main run (`trained_run`) and the first
 # hour's first run score everything, METEOR included, as a user's would (ALL_METRICS in `extra`).
+QUICK_METRICS = "--model.test_metrics=[BLEU,ROUGE_L,CIDEr]"
 ALL_METRICS = "--model.test_metrics=null"
 
 
@@ -76,7 +77,7 @@ def tiny_args(command: str, data_root: Path, run_dir: Path, *extra: str) -> list
         "--trainer.max_epochs=2",
         "--trainer.log_every_n_steps=2",
         f"--trainer.logger.init_args.save_dir={run_dir}",
-        "--model.test_metrics=[BLEU,ROUGE_L,CIDEr]",
+        QUICK_METRICS,
         *extra,
     ]
 

@@ -34,7 +34,7 @@ from captioning.viz import (
     share_in_box,
     word_maps,
 )
-from tests.conftest import COCO_MINI, ROOT
+from tests.conftest import COCO_MINI, QUICK_METRICS, ROOT
 
 # A ViT trunk at 96 px (a 6 x 6 patch grid and a class token) learns within 300 steps to look at the shape that a
 # colour word names. CNN trunks learn it too (test_resnet at 96 px: 95% of colour words after 500 steps), but train
@@ -68,7 +68,7 @@ def train_viz_runs(folder: Path) -> tuple[Path, Path]:
         "--trainer.log_every_n_steps=10",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={logs}",
-        "--model.test_metrics=[BLEU,ROUGE_L,CIDEr]",  # these runs are about pictures: no METEOR JVM (6-7 s a run)
+        QUICK_METRICS,  # these runs are about pictures: no METEOR JVM
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

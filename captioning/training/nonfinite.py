@@ -93,9 +93,8 @@ class NonFiniteGuard:
         """
         with torch.no_grad():
             self._grad_norm = gradient_norm(_gradients(optimizer))
-            watched = self._losses if scaled else [self._grad_norm, *self._losses]
-            found = sum(watched[1:], watched[0]) if watched else self._grad_norm.new_zeros(())
-            found = found.mul(0).nan_to_num(1.0)  # () 1.0 for a NaN or inf anywhere
+            start = self._grad_norm.new_zeros(()) if scaled else self._grad_norm  # scaled: the losses alone count
+            found = sum(self._losses, start).mul(0).nan_to_num(1.0)  # () 1.0 for a NaN or inf anywhere
             found = found.float()  # as the fused kernel reads it, also in a float64 run
             self._losses = []
             if any_process is not None:
