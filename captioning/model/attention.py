@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioning.errors import UserError
+from captioning.model.dropout import draws_integer_masks, dropout
 
 
 @dataclass
@@ -132,16 +133,18 @@ class Attention(nn.Module):
         # Stack the G query sequences of each image: (B*G, nh, T, hs) -> (B, nh, G*T, hs).
         q = q.view(B, G, self.num_heads, T, self.head_dim).transpose(1, 2).reshape(B, self.num_heads, G * T, -1)
 
-        dropout = self.dropout if self.training else 0.0
+        p = self.dropout if self.training else 0.0
         weights = found = None
         if need_weights:
             y, weights = _attention_with_weights(q, k, v, is_causal, attend)
         elif locate is not None:  # one softmax for both sums; the places are read without dropout
             weights = _attention_weights(q, k, is_causal, attend)  # (B, nh, G*T, S)
-            y = F.dropout(weights, dropout, self.training) @ v  # (B, nh, G*T, hs)
+            y = dropout(weights, p) @ v  # (B, nh, G*T, hs)
             found = weights @ locate.to(q.dtype)  # (B, nh, G*T, P)
+        elif draws_integer_masks(q, p):  # written out as torch's CPU attention would, with the faster masks
+            y = dropout(_attention_weights(q, k, is_causal, attend), p) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout, is_causal=is_causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p, is_causal=is_causal)
 
         # Unstack: (B, nh, G*T, hs) -> (B*G, T, D).
         y = y.view(B, self.num_heads, G, T, self.head_dim).permute(0, 2, 3, 1, 4).reshape(BG, T, D)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from captioning.model.attention import Attention, KVCache
+from captioning.model.dropout import Dropout
 from captioning.model.focus import FocusOffsets
 from captioning.text.packing import PackedRows
 
@@ -24,7 +25,7 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x))))
@@ -54,7 +55,7 @@ class DecoderBlock(nn.Module):
         self.focus = FocusOffsets(dim, num_heads, between_heads) if focus else None
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
         self,
@@ -118,7 +119,7 @@ class TextDecoder(nn.Module):
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(max_length, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         focus = memory_grid is not None
         block = dict(mlp_ratio=mlp_ratio, dropout=dropout, focus=focus, between_heads=focus and head_offsets)
         self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, **block) for _ in range(depth))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from captioning.model.attention import Attention
 from captioning.model.decoder import MLP
+from captioning.model.dropout import Dropout
 
 
 class MemoryBlock(nn.Module):
@@ -25,7 +26,7 @@ class MemoryBlock(nn.Module):
         self.self_attn = Attention(dim, num_heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, memory: Tensor) -> Tensor:
         memory = memory + self.drop(self.self_attn(self.norm1(memory)))  # memory token -> every memory token
