@@ -71,6 +71,14 @@ def test_a_compiled_graph_draws_the_same_masks_without_a_break():
     assert draws_integer_masks(x, 0.5) and not draws_integer_masks(x, 0.0) and not draws_integer_masks(x, 1.0)
 
 
+def test_half_precision_keeps_torchs_dropout_and_its_mean():
+    """A mask in bfloat16 would carry a rounded scale (1.109 for 1.111): bfloat16 goes to torch's dropout."""
+    x = torch.ones(1000, 1000, dtype=torch.bfloat16)
+    assert not draws_integer_masks(x, 0.1)
+    torch.manual_seed(0)
+    assert dropout(x, 0.1).float().mean().item() == pytest.approx(1.0, abs=3e-3)
+
+
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_with_dropout_averages_to_attention_without(cross):
     """The written-out attention that carries the masks on CPU is unbiased: over many draws, its output is the
