@@ -63,7 +63,7 @@ def test_off_in_eval_at_zero_and_torchs_own_at_one():
 def test_a_compiled_graph_draws_the_same_masks_without_a_break():
     x = torch.randn(33, 65, requires_grad=True)
     compiled = torch.compile(lambda x: dropout(x, 0.3) * 2, backend="eager", fullgraph=True, dynamic=True)
-    for rows in (33, 17):  # and at another size, without recompiling its graph for it
+    for rows in (33, 17):  # two sizes through one dynamic graph
         torch.manual_seed(1)
         eager = dropout(x[:rows], 0.3) * 2
         torch.manual_seed(1)
