@@ -61,13 +61,20 @@ def test_off_in_eval_at_zero_and_torchs_own_at_one():
 
 
 def test_a_compiled_graph_draws_the_same_masks_without_a_break():
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
     x = torch.randn(33, 65, requires_grad=True)
-    compiled = torch.compile(lambda x: dropout(x, 0.3) * 2, backend="eager", fullgraph=True, dynamic=True)
+    compiled = torch.compile(lambda x: dropout(x, 0.3) * 2, backend=backend, fullgraph=True, dynamic=True)
     for rows in (33, 17):  # two sizes through one dynamic graph
         torch.manual_seed(1)
         eager = dropout(x[:rows], 0.3) * 2
         torch.manual_seed(1)
         torch.testing.assert_close(compiled(x[:rows]), eager)
+    assert len(graphs) == 1
     assert draws_integer_masks(x, 0.5) and not draws_integer_masks(x, 0.0) and not draws_integer_masks(x, 1.0)
 
 
