@@ -26,7 +26,7 @@ def test_drops_at_rate_p_and_scales_what_it_keeps_to_keep_the_mean(p):
 def test_masks_are_independent_of_one_another_and_of_their_place():
     torch.manual_seed(0)
     kept = (dropout(torch.ones(4000, 8, 64), 0.5) != 0).float()
-    # lanes of one 64-bit word sit side by side: neighbours, and rows, must not agree more than chance
+    # the four lanes of one 64-bit word sit side by side: neighbours must agree no more often than chance
     agree = (kept[..., 1:] == kept[..., :-1]).float().mean().item()
     assert agree == pytest.approx(0.5, abs=0.01)
     assert kept.mean(dim=(0, 1)).sub(0.5).abs().max().item() < 0.03  # every position keeps about half
