@@ -196,11 +196,14 @@ def test_under_a_grad_scaler_an_overflowing_gradient_is_left_to_it_and_a_nan_los
     assert guard.skipped == 1
 
 
-def test_float16_mixed_precision_trains_through_its_scalers_first_overflows_with_clipping(shapes_root, one_thread):
+@pytest.mark.parametrize("encoder", ["test_convnext", "test_resnet"])  # a LayerNorm trunk and a BatchNorm one
+def test_float16_mixed_precision_trains_through_its_scalers_first_overflows_with_clipping(
+    encoder, shapes_root, one_thread
+):
     """A GradScaler starting at 2^40 overflows at each of its first 22 steps while it halves its scale down to 2^18:
     that is its search for a scale, skipped by the scaler, not 22 steps of divergence (which used to stop the run at
     the 20-in-a-row limit). On CPU through an explicit plugin: Lightning takes "16-mixed" on GPUs only."""
-    module = CaptioningModule(**TINY_MODEL, warmup_steps=1)
+    module = CaptioningModule(**{**TINY_MODEL, "encoder": encoder}, warmup_steps=1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
     start = Snapshot()
     trainer = Trainer(
