@@ -484,7 +484,7 @@ class CaptioningModule(LightningModule):
         """Lightning calls it after mixed precision unscales the gradients and before it clips them (with the norm the
         guard takes here: `configure_gradient_clipping`). A fused optimizer skips a non-finite step on the device; the
         guard's counters are read at logging steps (`_report_nonfinite`)."""
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None  # "16-mixed": it skips overflow
+        scaled = self._grad_scaler() is not None  # "16-mixed": the scaler skips the steps that overflow
         if self.nonfinite.check(optimizer, self._on_any_process, scaled):  # only an unfused optimizer gets a verdict
             self._report_nonfinite()
 
@@ -508,8 +508,12 @@ class CaptioningModule(LightningModule):
             and kind.main_params is Precision.main_params
             and kind.clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
         )
-        scaler = getattr(plugin, "scaler", None)
+        scaler = self._grad_scaler()
         return plain and (scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False))
+
+    def _grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The precision plugin's GradScaler (float16 mixed precision), else None."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     def _report_nonfinite(self) -> None:
         """Logs and warns about the steps skipped since the last report, and stops a run that hit the limit."""
