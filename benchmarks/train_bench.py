@@ -18,10 +18,10 @@ With `--compile`, each model is torch.compile'd (ours with `compile_parts`, HF's
 Eager, each side's image encoder is also timed alone (forward and backward), and (a) against (d) without it.
 (c) and (d) are skipped with a note when transformers is not installed. FLOPs of one step (forward and backward) are
 counted with torch.utils.flop_counter.FlopCounterMode; the fp32 matmul peak is a large matmul in the same process.
-Each round runs every method in turn: the ratios come from each method's best round, and also paired within each round
-(median and range), which a machine whose speed drifts between rounds disturbs less.
+Each round runs every method in turn, in a new random order: the ratios come from each method's best round, and also
+paired within each round (median and range), which a machine whose speed drifts between rounds disturbs less.
 
-    HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 5] [--device cpu]
+    HF_HUB_OFFLINE=1 python benchmarks/train_bench.py [--threads 2] [--steps 3] [--repeats 8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
         "attention); the encoders have none on both sides (timm's and ViTConfig's defaults)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds; each method's best is kept")
+    parser.add_argument("--repeats", type=int, default=8, help="rounds; each method's best is kept")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-hf", action="store_true", help="measure ours only")
@@ -276,15 +276,19 @@ def matmul_peak(device: str, n: int = 2048, seconds: float = 3.0) -> float:
 
 def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace) -> tuple[dict, ...]:
     """Best seconds per step of each method, the update's seconds in that best round, the best CPU seconds, and every
-    round's seconds; rounds run every method in turn, so that all of them meet the same machine load."""
+    round's seconds; rounds run every method in turn (in a shuffled order), so that all of them meet the same load."""
     best = dict.fromkeys(steps, float("inf"))
     rounds: dict[str, list[float]] = {key: [] for key in steps}
     update_seconds = dict.fromkeys(steps, 0.0)
     cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
     for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
         step(batches[0])
+    order = random.Random(0)
     for _ in range(args.repeats):
-        for key, step in steps.items():
+        # A new order each round: a load on the machine that comes back with the round's period (another process
+        # doing the same) would otherwise fall on the same method every round.
+        for key in order.sample(list(steps), len(steps)):
+            step = steps[key]
             CLOCK.seconds[key] = 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             for index in range(args.steps):

@@ -8,13 +8,17 @@ A checkpoint belongs to a run when it lies at `SAVE_DIR/NAME/VERSION/checkpoints
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec.utils
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from captioning.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,15 @@ class _ContinuingWriter(ExperimentWriter):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
             rows = [row for row in csv.DictReader(file) if not row.get("step") or int(row["step"]) < step]
-        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        if fsspec.utils.get_protocol(self.metrics_file_path) == "file":  # killed mid-write, the old curves stay whole
+            write_atomic(self.metrics_file_path, lambda file: file.write(text.getvalue().encode("utf-8")))
+        else:  # an object store writes whole objects
+            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+                file.write(text.getvalue())
 
 
 class ContinueCurves(Callback):
