@@ -281,8 +281,10 @@ def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace)
     rounds: dict[str, list[float]] = {key: [] for key in steps}
     update_seconds = dict.fromkeys(steps, 0.0)
     cpu = dict.fromkeys(steps, float("inf"))  # CPU seconds of this process per step: robust to other processes
-    for step in steps.values():  # warm-up: allocator, optimizer state, first-call costs
-        step(batches[0])
+    measured = [batches[index % len(batches)] for index in range(args.steps)]
+    for step in steps.values():  # warm-up on every batch measured: allocator, optimizer state, a compiled step's
+        for batch in measured:  # recompile for a second caption width (then dynamic), first-call costs
+            step(batch)
     order = random.Random(0)
     for _ in range(args.repeats):
         # A new order each round: a load on the machine that comes back with the round's period (another process
@@ -291,8 +293,8 @@ def measure(steps: dict[str, Callable], batches: list, args: argparse.Namespace)
             step = steps[key]
             CLOCK.seconds[key] = 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
-            for index in range(args.steps):
-                step(batches[index % len(batches)])
+            for batch in measured:
+                step(batch)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - started) / args.steps
